@@ -1,0 +1,388 @@
+#!/usr/bin/env bash
+# scripts/broker.sh — start/stop a private, throwaway RabbitMQ node.
+#
+# The node never touches the system RabbitMQ (no /var/lib/rabbitmq,
+# /var/log/rabbitmq, /etc/rabbitmq, port 5672, epmd 4369): every piece of
+# state lives in DIR, and the node, its Erlang distribution port and its
+# private epmd listen on 127.0.0.1 only, on free ports picked below 32768
+# (outside the kernel's ephemeral range, so sockets bound to port 0 by the
+# tests can never steal them between picking and binding).
+#
+# Usage:
+#   scripts/broker.sh start DIR [--watch-pid PID]
+#       Boot a node whose state lives in DIR (created when missing; must not
+#       already hold a node) and wait until it accepts AMQP connections
+#       (deadline: $BROKER_BOOT_TIMEOUT seconds, default 60). On success,
+#       prints `export VAR=...` lines on stdout, meant for `eval`:
+#         AMQP_TEST_URL        amqp://guest:guest@127.0.0.1:PORT/%2f
+#         AMQP_TEST_NODE       Erlang node name, for rabbitmqctl -n
+#         AMQP_TEST_NODE_HOME  HOME holding the node's .erlang.cookie
+#         AMQP_TEST_EPMD_PORT  the node's private epmd port (ERL_EPMD_PORT)
+#         AMQP_TEST_BROKER_DIR DIR
+#       Progress and errors go to stderr; on failure it prints the tail of
+#       the node's logs, cleans up what it started, and exits non-zero.
+#       With --watch-pid, a detached watchdog stops the node and removes DIR
+#       once process PID is gone (covers owners that get SIGKILLed).
+#   scripts/broker.sh stop DIR [--remove]
+#       Stop the node, its private epmd and its watchdog. Idempotent. With
+#       --remove, also delete DIR (otherwise logs are kept in DIR/log).
+#   scripts/broker.sh ctl DIR ARGS...
+#       Run `rabbitmqctl -n NODE ARGS...` against the node in DIR.
+#   scripts/broker.sh env DIR
+#       Print the export lines of a running node again.
+#   scripts/broker.sh logs DIR [LINES]
+#       Print the tail of the node's logs.
+#
+# Example:
+#   dir=$(mktemp -d)
+#   eval "$(scripts/broker.sh start "$dir" --watch-pid $$)"
+#   trap 'scripts/broker.sh stop "$dir" --remove' EXIT
+#
+# Pitfalls handled here (see also tests/support/broker.rs):
+#   * Debian's /usr/sbin/rabbitmq-* wrappers `su rabbitmq` when run as root,
+#     which resets HOME (so the cookie becomes /var/lib/rabbitmq's), cd's to
+#     /var/lib/rabbitmq and redirects the server's output into
+#     /var/log/rabbitmq/startup_log. We call the real scripts in
+#     /usr/lib/rabbitmq/bin directly, as the current user (root or not), with
+#     HOME=DIR, where we put a fresh mode-400 .erlang.cookie.
+#   * Any `erl -sname`, including every rabbitmqctl call, spawns a
+#     never-exiting `epmd -daemon` on port 4369 if none is running. We run a
+#     private epmd on our own port (ERL_EPMD_PORT) and kill it on stop.
+#   * RABBITMQ_* variables from the caller's environment and
+#     /etc/rabbitmq/rabbitmq-env.conf, rabbitmq.conf, advanced.config and
+#     conf.d are all ignored: every path is pointed into DIR.
+set -euo pipefail
+
+RABBITMQ_BIN_DIR=${RABBITMQ_BIN_DIR:-/usr/lib/rabbitmq/bin}
+BOOT_TIMEOUT=${BROKER_BOOT_TIMEOUT:-60}
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+
+log() { printf 'broker.sh: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+usage() {
+    sed -n '2,/^set -euo/p' "$SELF" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+now_ms() { date +%s%3N; }
+
+# True when some TCP socket (v4 or v6, any state) uses local or remote port $1.
+port_in_use() {
+    local hex
+    hex=$(printf ':%04X ' "$1")
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -q -- "$hex"
+}
+
+# Picks a free port in [20000, 32000) not in the list given as arguments.
+pick_port() {
+    local p i taken
+    for ((i = 0; i < 200; i++)); do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
+        taken=0
+        for t in "$@"; do [[ $t == "$p" ]] && taken=1; done
+        ((taken)) && continue
+        port_in_use "$p" && continue
+        echo "$p"
+        return 0
+    done
+    die "could not find a free TCP port"
+}
+
+# True when process $1 exists and is not a zombie (our detached children are
+# reparented to PID 1, which may reap them late).
+alive() {
+    [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null || return 1
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
+# Loads DIR/broker.env (written by `start`) into the current shell.
+load_env() {
+    local dir=$1
+    [[ -f $dir/broker.env ]] || return 1
+    # shellcheck disable=SC1091
+    . "$dir/broker.env"
+}
+
+# Exports the environment every rabbitmq script (server or ctl) needs to
+# find the private node, and nothing from the caller's RABBITMQ_* settings.
+node_env() {
+    local v
+    for v in $(compgen -e | grep '^RABBITMQ_' || true); do unset "$v"; done
+    export HOME=$B_DIR
+    export ERL_EPMD_PORT=$B_EPMD_PORT ERL_EPMD_ADDRESS=127.0.0.1
+    export RABBITMQ_CONF_ENV_FILE=$B_DIR/rabbitmq-env.conf
+    export RABBITMQ_NODENAME=$B_NODE
+}
+
+ctl() {
+    (
+        node_env
+        cd "$B_DIR"
+        exec "$RABBITMQ_BIN_DIR/rabbitmqctl" -n "$B_NODE" "$@"
+    )
+}
+
+print_exports() {
+    printf 'export AMQP_TEST_URL=%q\n' "amqp://guest:guest@127.0.0.1:$B_NODE_PORT/%2f"
+    printf 'export AMQP_TEST_NODE=%q\n' "$B_NODE"
+    printf 'export AMQP_TEST_NODE_HOME=%q\n' "$B_DIR"
+    printf 'export AMQP_TEST_EPMD_PORT=%q\n' "$B_EPMD_PORT"
+    printf 'export AMQP_TEST_BROKER_DIR=%q\n' "$B_DIR"
+}
+
+show_logs() {
+    local dir=$1 lines=${2:-40} f
+    for f in "$dir"/server.out "$dir"/wait.out "$dir"/epmd.out "$dir"/log/*.log; do
+        [[ -s $f ]] || continue
+        printf -- '----- tail -n %s %s -----\n' "$lines" "$f"
+        tail -n "$lines" "$f"
+    done
+}
+
+# Sends TERM, waits up to $2 seconds, then KILLs.
+terminate() {
+    local pid=$1 secs=$2 i
+    alive "$pid" || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cmd_start() {
+    local dir=${1:-} watch_pid=""
+    [[ -n $dir ]] || usage
+    shift
+    while (($#)); do
+        case $1 in
+        --watch-pid)
+            watch_pid=${2:?--watch-pid needs a PID}
+            shift 2
+            ;;
+        *) usage ;;
+        esac
+    done
+
+    [[ -x $RABBITMQ_BIN_DIR/rabbitmq-server ]] ||
+        die "$RABBITMQ_BIN_DIR/rabbitmq-server not found; install it: apt-get install -y rabbitmq-server"
+    command -v epmd >/dev/null || die "epmd not found (Debian package erlang-base)"
+    command -v setsid >/dev/null || die "setsid not found (Debian package util-linux)"
+
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    if [[ -f $dir/broker.env ]]; then
+        die "$dir already holds a node; stop it first: $SELF stop $dir"
+    fi
+
+    B_DIR=$dir
+    B_NODE_PORT=$(pick_port)
+    B_DIST_PORT=$(pick_port "$B_NODE_PORT")
+    B_EPMD_PORT=$(pick_port "$B_NODE_PORT" "$B_DIST_PORT")
+    B_NODE="amqpgw-$$-$RANDOM@localhost"
+
+    # State layout. The cookie must be readable by its owner only, or erl
+    # refuses to start distribution.
+    mkdir -p "$dir/mnesia" "$dir/log" "$dir/conf.d"
+    : >"$dir/rabbitmq-env.conf"
+    echo '[].' >"$dir/enabled_plugins"
+    rm -f "$dir/.erlang.cookie"
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$dir/.erlang.cookie")
+    chmod 400 "$dir/.erlang.cookie"
+    cat >"$dir/rabbitmq.conf" <<EOF
+# Private test node; see scripts/broker.sh.
+loopback_users.guest = true
+log.console = false
+log.file.level = info
+# Tests run on small CI disks; alarms are set explicitly by fault tests.
+disk_free_limit.absolute = 1MB
+EOF
+    {
+        printf 'B_DIR=%q\n' "$B_DIR"
+        printf 'B_NODE=%q\n' "$B_NODE"
+        printf 'B_NODE_PORT=%q\n' "$B_NODE_PORT"
+        printf 'B_DIST_PORT=%q\n' "$B_DIST_PORT"
+        printf 'B_EPMD_PORT=%q\n' "$B_EPMD_PORT"
+    } >"$dir/broker.env"
+
+    local t0
+    t0=$(now_ms)
+    log "booting $B_NODE (amqp 127.0.0.1:$B_NODE_PORT, dist $B_DIST_PORT, epmd $B_EPMD_PORT) in $dir"
+
+    # Everything is started with setsid and no inherited stdio: a terminal's
+    # Ctrl-C must not kill it half-way, and `$(broker.sh start ...)` or
+    # `cargo test | tee` must not wait for these long-lived processes to
+    # close a pipe.
+    (
+        node_env
+        cd "$dir"
+        setsid epmd -port "$B_EPMD_PORT" -address 127.0.0.1 </dev/null >"$dir/epmd.out" 2>&1 &
+        echo $! >"$dir/epmd.pid"
+    )
+    local i
+    for ((i = 0; i < 100; i++)); do
+        epmd -port "$B_EPMD_PORT" -names >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    epmd -port "$B_EPMD_PORT" -names >/dev/null 2>&1 || {
+        show_logs "$dir" >&2
+        cmd_stop "$dir"
+        die "private epmd did not come up on port $B_EPMD_PORT"
+    }
+
+    (
+        node_env
+        cd "$dir"
+        export RABBITMQ_NODE_PORT=$B_NODE_PORT
+        export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+        export RABBITMQ_DIST_PORT=$B_DIST_PORT
+        export RABBITMQ_MNESIA_BASE=$dir/mnesia
+        export RABBITMQ_LOG_BASE=$dir/log
+        export RABBITMQ_FEATURE_FLAGS_FILE=$dir/feature_flags
+        export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+        export RABBITMQ_PID_FILE=$dir/rabbit.pid
+        export RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
+        export RABBITMQ_CONFIG_FILES=$dir/conf.d
+        export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
+        # Distribution listens on loopback only.
+        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+        # A background job of a non-interactive shell is not a process-group
+        # leader, so setsid execs in place and $! is the server's PID.
+        setsid "$RABBITMQ_BIN_DIR/rabbitmq-server" </dev/null >"$dir/server.out" 2>&1 &
+        echo $! >"$dir/server.pid"
+    )
+    local server_pid
+    server_pid=$(cat "$dir/server.pid")
+
+    # Readiness: `rabbitmqctl wait PIDFILE` returns once the pid file exists,
+    # the node answers on distribution and the rabbit app is running. It
+    # would wait forever for a pid file of a server that already died, so
+    # poll the server process alongside it, under one deadline.
+    ctl wait "$dir/rabbit.pid" --timeout "$BOOT_TIMEOUT" </dev/null >"$dir/wait.out" 2>&1 &
+    local wait_pid=$! deadline=$(($(now_ms) + BOOT_TIMEOUT * 1000)) failure=""
+    while alive "$wait_pid"; do
+        if ! alive "$server_pid"; then
+            failure="rabbitmq-server exited during boot"
+            break
+        fi
+        if (($(now_ms) > deadline)); then
+            failure="node did not come up within ${BOOT_TIMEOUT}s"
+            break
+        fi
+        sleep 0.1
+    done
+    if [[ -z $failure ]]; then
+        wait "$wait_pid" || failure="rabbitmqctl wait failed (node did not come up within ${BOOT_TIMEOUT}s?)"
+    else
+        terminate "$wait_pid" 2
+    fi
+    # The AMQP listener must accept connections too (it is opened late in
+    # the boot sequence; `wait` already covers it, this is a cheap check).
+    if [[ -z $failure ]]; then
+        for ((i = 0; i < 100; i++)); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null && break
+            sleep 0.05
+        done
+        (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null ||
+            failure="AMQP port $B_NODE_PORT does not accept connections"
+    fi
+    if [[ -n $failure ]]; then
+        log "error: $failure"
+        show_logs "$dir" >&2
+        cmd_stop "$dir"
+        exit 1
+    fi
+    log "node $B_NODE up in $(($(now_ms) - t0)) ms"
+
+    if [[ -n $watch_pid ]]; then
+        # Detached watchdog: outlives a SIGKILLed owner, ignores the
+        # terminal's signals, stops the node once the owner is gone.
+        setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" stop "$3" --remove' \
+            broker-watchdog "$watch_pid" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
+        echo $! >"$dir/watchdog.pid"
+    fi
+
+    print_exports
+}
+
+cmd_stop() {
+    local dir=${1:-} remove=0
+    [[ -n $dir ]] || usage
+    [[ ${2:-} == --remove ]] && remove=1
+    if ! [[ -d $dir ]]; then
+        return 0
+    fi
+    if load_env "$dir"; then
+        local watchdog_pid beam_pid server_pid epmd_pid
+        watchdog_pid=$(cat "$dir/watchdog.pid" 2>/dev/null || true)
+        beam_pid=$(cat "$dir/rabbit.pid" 2>/dev/null || true)
+        server_pid=$(cat "$dir/server.pid" 2>/dev/null || true)
+        epmd_pid=$(cat "$dir/epmd.pid" 2>/dev/null || true)
+
+        # The watchdog exec's into `stop`, keeping its PID: don't kill
+        # ourselves. Only kill it if it still is our watchdog.
+        if [[ -n $watchdog_pid && $watchdog_pid != "$$" ]] && alive "$watchdog_pid" &&
+            tr '\0' ' ' <"/proc/$watchdog_pid/cmdline" 2>/dev/null | grep -qF -- "$dir"; then
+            kill "$watchdog_pid" 2>/dev/null || true
+        fi
+
+        if alive "$beam_pid"; then
+            # Graceful stop; `stop PIDFILE` returns once the OS process exited.
+            ctl stop "$dir/rabbit.pid" </dev/null >"$dir/stop.out" 2>&1 &
+            local stop_pid=$! i
+            for ((i = 0; i < 600; i++)); do
+                alive "$stop_pid" || break
+                sleep 0.1
+            done
+            terminate "$stop_pid" 1
+            terminate "$beam_pid" 10
+        fi
+        # The rabbitmq-server shell wrapper exits with the VM.
+        terminate "$server_pid" 5
+        # Kill epmd last: rabbitmqctl needs it to find the node.
+        terminate "$epmd_pid" 2
+        # A rabbitmqctl that found our epmd dead may have spawned another
+        # (daemonized, PID unknown) on our port; ask it to quit.
+        epmd -port "$B_EPMD_PORT" -kill >/dev/null 2>&1 || true
+        rm -f "$dir/broker.env"
+    fi
+    if ((remove)); then
+        rm -rf "$dir"
+    fi
+}
+
+main() {
+    local cmd=${1:-}
+    (($#)) && shift
+    case $cmd in
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    ctl)
+        local dir=${1:-}
+        [[ -n $dir ]] || usage
+        shift
+        load_env "$dir" || die "no node in $dir"
+        ctl "$@"
+        ;;
+    env)
+        [[ -n ${1:-} ]] || usage
+        load_env "$1" || die "no node in $1"
+        print_exports
+        ;;
+    logs)
+        [[ -n ${1:-} ]] || usage
+        show_logs "$1" "${2:-40}"
+        ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"

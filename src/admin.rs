@@ -1,0 +1,48 @@
+//! The admin listener: `/healthz` (process alive) and `/readyz` (able to publish).
+//!
+//! It lives on `server.admin_listen`, never on the public port, so load balancers and
+//! operators can probe it without exposing broker state to clients.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The admin router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Ready while at least one confirm-mode channel can publish and we are not draining.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let r = state.channels.readiness();
+    let draining = state.draining.load(Ordering::Relaxed);
+    let ready = r.is_ready() && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "draining": draining,
+        "channels": {
+            "ready": r.ready_channels,
+            "configured": r.configured_channels,
+            "blocked": r.blocked_channels,
+        },
+    });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,89 @@
+//! Everything that speaks AMQP: the pooled set of confirm-mode channels and confirmed
+//! publishing.
+//!
+//! No HTTP types in here: the write handler hands over an [`Event`] and gets back `Ok` only
+//! when the broker has confirmed a persistent message that was routed to at least one queue,
+//! or a [`PublishError`] that says whether anything may have been enqueued.
+
+mod pool;
+mod publish;
+
+use std::time::Duration;
+
+pub use pool::{ChannelSet, Readiness};
+
+/// A message to publish, already validated by the caller (names ≤ 255 bytes).
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// Exchange; `""` is the default exchange.
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// Message body.
+    pub body: &'a [u8],
+    /// `message_id` (the event id).
+    pub message_id: &'a str,
+    /// `correlation_id` (the HTTP request id).
+    pub correlation_id: Option<&'a str>,
+    /// `content_type`.
+    pub content_type: Option<&'a str>,
+    /// `type`.
+    pub message_type: &'a str,
+    /// `priority`.
+    pub priority: Option<u8>,
+    /// `timestamp`, seconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Headers, as string values.
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+/// `app_id` on every message.
+pub const APP_ID: &str = "amqp-gateway";
+
+/// Budget for the encoded properties and headers, well below RabbitMQ's 128 KiB `frame_max`:
+/// an oversized header frame makes the broker close the whole connection.
+pub const PROPERTIES_BUDGET_BYTES: usize = 16 * 1024;
+
+/// Why a publish did not succeed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// No channel could take the publish; nothing was sent.
+    #[error("no publishing channel is available")]
+    Unavailable,
+    /// Every live connection is blocked by a broker resource alarm; nothing was sent.
+    #[error("the broker connection is blocked")]
+    Blocked,
+    /// The broker returned the message: no queue is bound for it. Nothing is enqueued.
+    #[error("the message was returned as unroutable")]
+    Unroutable,
+    /// The broker nacked the message. Nothing is enqueued.
+    #[error("the broker nacked the message")]
+    Nacked,
+    /// The message was sent but no confirm arrived (timeout or channel loss): it may or may not
+    /// be enqueued.
+    #[error("the publish outcome is unknown: {0}")]
+    Unknown(&'static str),
+    /// The event is too large for the broker's frame limits; nothing was sent.
+    #[error("message properties and headers exceed {PROPERTIES_BUDGET_BYTES} bytes")]
+    PropertiesTooLarge,
+    /// A channel was not in confirm mode or a name did not fit: a bug, nothing was confirmed.
+    #[error("internal publishing error: {0}")]
+    Internal(&'static str),
+}
+
+/// Pool sizing and deadlines, from `[amqp]`.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Broker URL (secret).
+    pub url: String,
+    /// Number of connections.
+    pub connections: usize,
+    /// Confirm-mode channels per connection.
+    pub channels_per_connection: usize,
+    /// Deadline for one connect (TCP + AMQP handshake + channel setup).
+    pub connect_timeout: Duration,
+    /// Deadline from publish to confirm.
+    pub confirm_timeout: Duration,
+    /// Exchanges to declare durable on each connect: (name, type).
+    pub exchanges: Vec<(String, lapin::ExchangeKind)>,
+}

@@ -1,0 +1,383 @@
+//! [`ChannelSet`]: `connections` × `channels_per_connection` long-lived confirm-mode channels,
+//! shared by every request.
+//!
+//! deadpool-lapin pools connections only, and its recycling checks nothing but
+//! `status().connected()`; channels are ours. Each connection slot has a supervisor task that
+//! takes a connection from the deadpool pool, opens its channels in confirm mode, declares the
+//! configured exchanges, and publishes the channels into a lock-free snapshot ([`ArcSwap`])
+//! that requests read. When the connection fails the supervisor withdraws its channels first,
+//! detaches the dead connection from the pool (it is never reused), and reconnects with
+//! exponential backoff. A channel closed by the broker on its own (e.g. a 404 on a deleted
+//! exchange) is replaced without touching its connection's other channels.
+//!
+//! Requests pick channels round-robin and never hold them: many publishes are in flight on one
+//! channel at a time (lapin pipelines them and matches confirms by delivery tag), so there is
+//! no per-request checkout and no channel churn.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::StreamExt;
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Event as ConnEvent};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use super::publish::{properties, publish_on};
+use super::{Event, PoolSettings, PublishError};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a supervisor looks for channels the broker closed on their own.
+const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One publishable channel and the blocked flag of its connection.
+#[derive(Clone)]
+struct Live {
+    channel: Channel,
+    blocked: Arc<AtomicBool>,
+}
+
+struct Inner {
+    settings: PoolSettings,
+    pool: Pool,
+    /// What requests read: every channel currently able to publish.
+    live: ArcSwap<Vec<Live>>,
+    /// Per-slot channel lists; `live` is rebuilt from these when one changes.
+    slots: Mutex<Vec<Vec<Live>>>,
+    next: AtomicUsize,
+    /// Wakes supervisors to look for closed channels now rather than at the next tick.
+    check: Notify,
+}
+
+/// Readiness as seen by `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// Channels that can publish now (connected, confirm mode, connection not blocked).
+    pub ready_channels: usize,
+    /// Channels configured.
+    pub configured_channels: usize,
+    /// Live channels whose connection is blocked by a resource alarm.
+    pub blocked_channels: usize,
+}
+
+impl Readiness {
+    /// Ready while at least one channel can publish.
+    pub fn is_ready(&self) -> bool {
+        self.ready_channels > 0
+    }
+}
+
+/// The shared set of confirm-mode publishing channels. Cheap to clone.
+#[derive(Clone)]
+pub struct ChannelSet {
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+    tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+}
+
+impl std::fmt::Debug for ChannelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSet")
+            .field("readiness", &self.readiness())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelSet {
+    /// Starts one supervisor per connection; returns at once. Channels come up in the
+    /// background: until then publishes fail with [`PublishError::Unavailable`].
+    pub fn start(settings: PoolSettings) -> Result<Self, String> {
+        let props = || ConnectionProperties::default().with_connection_name("amqp-gateway".into());
+        let mut pool_config = PoolConfig::new(settings.connections);
+        pool_config.timeouts = Timeouts {
+            wait: Some(settings.connect_timeout),
+            create: Some(settings.connect_timeout),
+            recycle: Some(settings.connect_timeout),
+        };
+        let pool = deadpool_lapin::Config {
+            url: Some(settings.url.clone()),
+            pool: Some(pool_config),
+        }
+        .create_pool(props, Runtime::Tokio1)
+        .map_err(|e| format!("cannot build the AMQP connection pool: {e}"))?;
+        let inner = Arc::new(Inner {
+            slots: Mutex::new(vec![Vec::new(); settings.connections]),
+            settings,
+            pool,
+            live: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+            check: Notify::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for slot in 0..inner.settings.connections {
+            tasks.spawn(supervise(slot, inner.clone(), stop_rx.clone()));
+        }
+        Ok(Self {
+            inner,
+            stop,
+            tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
+        })
+    }
+
+    /// Current readiness.
+    pub fn readiness(&self) -> Readiness {
+        let live = self.inner.live.load();
+        let blocked = live
+            .iter()
+            .filter(|l| l.blocked.load(Ordering::Relaxed))
+            .count();
+        let ready = live
+            .iter()
+            .filter(|l| !l.blocked.load(Ordering::Relaxed) && l.channel.status().connected())
+            .count();
+        Readiness {
+            ready_channels: ready,
+            configured_channels: self.inner.settings.connections
+                * self.inner.settings.channels_per_connection,
+            blocked_channels: blocked,
+        }
+    }
+
+    /// Publishes `event` and waits for the broker's confirm, within `confirm_timeout`.
+    pub async fn publish(&self, event: &Event<'_>) -> Result<(), PublishError> {
+        let props = properties(event)?;
+        let channel = self.pick()?;
+        match tokio::time::timeout(
+            self.inner.settings.confirm_timeout,
+            publish_on(&channel, event, props),
+        )
+        .await
+        {
+            Ok(Err(e @ (PublishError::Unavailable | PublishError::Unknown(_)))) => {
+                // The channel died under us: let its supervisor replace it now.
+                self.inner.check.notify_waiters();
+                Err(e)
+            }
+            Ok(result) => result,
+            Err(_elapsed) => Err(PublishError::Unknown("no confirm within confirm_timeout")),
+        }
+    }
+
+    /// Round-robin over live channels, skipping blocked connections and dead channels.
+    fn pick(&self) -> Result<Channel, PublishError> {
+        let live = self.inner.live.load();
+        let n = live.len();
+        if n == 0 {
+            return Err(PublishError::Unavailable);
+        }
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let mut saw_blocked = false;
+        for k in 0..n {
+            let l = &live[(start + k) % n];
+            if l.blocked.load(Ordering::Relaxed) {
+                saw_blocked = true;
+            } else if l.channel.status().connected() {
+                return Ok(l.channel.clone());
+            } else {
+                self.inner.check.notify_waiters();
+            }
+        }
+        Err(if saw_blocked {
+            PublishError::Blocked
+        } else {
+            PublishError::Unavailable
+        })
+    }
+
+    /// Stops the supervisors: new publishes fail, in-flight confirms get up to `deadline`,
+    /// then channels and connections are closed cleanly.
+    pub async fn close(&self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let mut tasks = self.tasks.lock().await;
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!("AMQP connections did not close within the shutdown deadline.");
+            tasks.abort_all();
+        }
+    }
+}
+
+impl Inner {
+    fn set_slot(&self, slot: usize, channels: Vec<Live>) {
+        // The mutex only serialises supervisors rebuilding the snapshot; requests never take it.
+        let mut slots = match self.slots.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slots[slot] = channels;
+        let live = slots.iter().flatten().cloned().collect();
+        self.live.store(Arc::new(live));
+    }
+}
+
+async fn open_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Connects slot `slot` and sets up its channels and exchanges.
+async fn connect(inner: &Inner) -> Result<(deadpool_lapin::Connection, Vec<Channel>), String> {
+    let setup = async {
+        let conn = inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut channels = Vec::with_capacity(inner.settings.channels_per_connection);
+        for _ in 0..inner.settings.channels_per_connection {
+            channels.push(
+                open_channel(&conn)
+                    .await
+                    .map_err(|e| format!("open channel: {e}"))?,
+            );
+        }
+        if let Some(first) = channels.first() {
+            for (name, kind) in &inner.settings.exchanges {
+                let options = ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                };
+                first
+                    .exchange_declare(
+                        name.as_str().into(),
+                        kind.clone(),
+                        options,
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| format!("declare exchange `{name}`: {e}"))?;
+            }
+        }
+        Ok((conn, channels))
+    };
+    match tokio::time::timeout(inner.settings.connect_timeout * 2, setup).await {
+        Ok(result) => result,
+        Err(_) => Err("connection setup timed out".to_owned()),
+    }
+}
+
+/// Keeps slot `slot` connected until `stop` turns true.
+async fn supervise(slot: usize, inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match connect(&inner).await {
+            Ok((conn, channels)) => {
+                backoff = MIN_BACKOFF;
+                tracing::info!(slot, channels = channels.len(), "AMQP connection ready.");
+                let stopped = serve(slot, &inner, &conn, channels, &mut stop).await;
+                inner.set_slot(slot, Vec::new());
+                // A connection we saw fail is detached from the pool so it is never handed out
+                // again; on a clean stop it is closed below.
+                let conn = deadpool_lapin::Object::take(conn);
+                if stopped {
+                    let _ = conn.close(200, "gateway shutting down".into()).await;
+                    return;
+                }
+                tracing::warn!(slot, "AMQP connection lost; reconnecting.");
+            }
+            Err(error) => {
+                tracing::warn!(slot, %error, retry_in_ms = backoff.as_millis() as u64, "AMQP connect failed.");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Publishes the slot's channels and watches them. Returns `true` when stopped on request,
+/// `false` when the connection failed.
+async fn serve(
+    slot: usize,
+    inner: &Inner,
+    conn: &Connection,
+    mut channels: Vec<Channel>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let blocked = Arc::new(AtomicBool::new(conn.status().blocked()));
+    let publish = |channels: &[Channel]| {
+        inner.set_slot(
+            slot,
+            channels
+                .iter()
+                .map(|c| Live {
+                    channel: c.clone(),
+                    blocked: blocked.clone(),
+                })
+                .collect(),
+        );
+    };
+    publish(&channels);
+    let mut events = conn.events_listener();
+    let mut tick = tokio::time::interval(CHANNEL_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                // Withdraw the channels first so no new publish lands here, then let
+                // outstanding confirms arrive (the caller bounds how long).
+                inner.set_slot(slot, Vec::new());
+                for channel in &channels {
+                    let _ = channel.wait_for_confirms().await;
+                    let _ = channel.close(200, "gateway shutting down".into()).await;
+                }
+                return true;
+            }
+            event = events.next() => match event {
+                Some(ConnEvent::ConnectionBlocked(reason)) => {
+                    tracing::warn!(slot, %reason, "AMQP connection blocked by the broker.");
+                    blocked.store(true, Ordering::Relaxed);
+                }
+                Some(ConnEvent::ConnectionUnblocked) => {
+                    tracing::info!(slot, "AMQP connection unblocked.");
+                    blocked.store(false, Ordering::Relaxed);
+                }
+                Some(ConnEvent::Error(error)) => {
+                    tracing::warn!(slot, %error, "AMQP connection error.");
+                    return false;
+                }
+                Some(_) => {}
+                None => return false,
+            },
+            _ = tick.tick() => {}
+            _ = inner.check.notified() => {}
+        }
+        if !conn.status().connected() {
+            return false;
+        }
+        // Replace channels the broker closed on their own (the connection is still fine).
+        let mut changed = false;
+        for channel in &mut channels {
+            if !channel.status().connected() {
+                match open_channel(conn).await {
+                    Ok(fresh) => {
+                        tracing::info!(slot, "Replaced a closed AMQP channel.");
+                        *channel = fresh;
+                        changed = true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(slot, %error, "Could not reopen an AMQP channel.");
+                        return false;
+                    }
+                }
+            }
+        }
+        if changed {
+            publish(&channels);
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! [`GatewayError`]: every way a request can fail, and the one place that turns it into a
+//! response.
+//!
+//! Status follows blame: the client's mistakes are 4xx, the broker's or an upstream's are
+//! 502/503/504, our own bugs are 500. Bodies are RFC 9457 `application/problem+json` with a
+//! stable `type` per failure; internal detail (broker error text, IO errors) is logged where it
+//! happens and never put in a body.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// Prefix of every problem `type` URI.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:amqp-gateway:problem:";
+
+/// A failed request, mapped to one status and problem type each.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the path.
+    #[error("no route matches this path")]
+    NotFound,
+    /// The path matches but the method does not.
+    #[error("method not allowed; allowed: {}", allow.join(", "))]
+    MethodNotAllowed {
+        /// The methods the path does take, for the `Allow` header.
+        allow: Vec<&'static str>,
+    },
+    /// The request body is over `server.max_body_bytes` (compressed or decoded).
+    #[error("request body exceeds {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `Content-Type` missing or not accepted by the route.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The event's headers and properties would not fit the broker's frame budget.
+    #[error("the request maps to more AMQP header data than the broker accepts")]
+    HeadersTooLarge,
+    /// A malformed request: bad JSON, bad path parameter, bad header value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The broker is unreachable or no publishing channel is up: nothing was published.
+    #[error("the message broker is unavailable")]
+    BrokerUnavailable {
+        /// Seconds for `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The broker connection is blocked by a resource alarm: nothing was published.
+    #[error("the message broker is refusing publishes (resource alarm)")]
+    BrokerBlocked {
+        /// Seconds for `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The broker returned the message as unroutable: no queue is bound for it.
+    #[error("no queue is bound for this event; nothing was accepted")]
+    NoRoute {
+        /// Seconds for `Retry-After`.
+        retry_after: Duration,
+    },
+    /// The broker nacked the message: nothing was accepted.
+    #[error("the message broker rejected the event; nothing was accepted")]
+    Nacked {
+        /// Seconds for `Retry-After`.
+        retry_after: Duration,
+    },
+    /// No confirm within `confirm_timeout`, or the channel died after the publish was sent:
+    /// the event may or may not be queued.
+    #[error(
+        "the broker did not confirm in time; the event may or may not have been accepted. Retry with the same Idempotency-Key"
+    )]
+    OutcomeUnknown,
+    /// A bug on our side (never the client's or the broker's fault).
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BrokerUnavailable { .. }
+            | Self::BrokerBlocked { .. }
+            | Self::NoRoute { .. }
+            | Self::Nacked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code, last part of the problem `type`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::BadRequest(_) => "bad-request",
+            Self::HeadersTooLarge => "headers-too-large",
+            Self::BrokerUnavailable { .. } => "broker-unavailable",
+            Self::BrokerBlocked { .. } => "broker-blocked",
+            Self::NoRoute { .. } => "no-route",
+            Self::Nacked { .. } => "nacked",
+            Self::OutcomeUnknown => "publish-outcome-unknown",
+            Self::Internal => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::BrokerUnavailable { retry_after }
+            | Self::BrokerBlocked { retry_after }
+            | Self::NoRoute { retry_after }
+            | Self::Nacked { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let problem = Problem {
+            kind: format!("{PROBLEM_TYPE_PREFIX}{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        // Errors are about this request only; no cache may keep them.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Self::MethodNotAllowed { allow } = &self
+            && let Ok(v) = HeaderValue::from_str(&allow.join(", "))
+        {
+            headers.insert(header::ALLOW, v);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parts(e: GatewayError) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+        let r = e.into_response();
+        let (p, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+        (p.status, p.headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn broker_errors_are_503_with_retry_after() {
+        let (status, headers, body) = parts(GatewayError::NoRoute {
+            retry_after: Duration::from_millis(1500),
+        })
+        .await;
+        assert_eq!(status, 503);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(body["type"], "urn:amqp-gateway:problem:no-route");
+        assert_eq!(body["status"], 503);
+    }
+
+    #[tokio::test]
+    async fn unknown_outcome_is_504_and_says_so() {
+        let (status, _, body) = parts(GatewayError::OutcomeUnknown).await;
+        assert_eq!(status, 504);
+        assert_eq!(
+            body["type"],
+            "urn:amqp-gateway:problem:publish-outcome-unknown"
+        );
+    }
+
+    #[tokio::test]
+    async fn method_not_allowed_lists_allow() {
+        let (status, headers, _) = parts(GatewayError::MethodNotAllowed {
+            allow: vec!["PUT", "PATCH"],
+        })
+        .await;
+        assert_eq!(status, 405);
+        assert_eq!(headers[header::ALLOW], "PUT, PATCH");
+    }
+}

@@ -1,0 +1,140 @@
+//! The `amqp-gateway` binary: parse the command line, load the config, start logging, bind,
+//! and hand over to [`amqp_gateway::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use amqp_gateway::Config;
+use amqp_gateway::config::{RouteAction, RouteAuth};
+use amqp_gateway::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "amqp-gateway", version, about = "HTTP-to-AMQP API gateway")]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, default_value = "config/gateway.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config, print the route table, exit 0 (valid) or 1 (invalid).
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path, env).map_err(|e| {
+        eprintln!("amqp-gateway: invalid config: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn print_routes(config: &Config) {
+    println!(
+        "{:<24} {:<22} {:<28} {:<40} AUTH",
+        "ROUTE", "METHODS", "PATH", "TARGET"
+    );
+    for r in &config.routes {
+        let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
+        let target = match &r.action {
+            RouteAction::Publish(p) => format!(
+                "publish {}/{} -> {}",
+                if p.exchange.is_empty() {
+                    "(default)"
+                } else {
+                    &p.exchange
+                },
+                p.routing_key,
+                p.status
+            ),
+            RouteAction::Proxy(p) => format!("upstream {}", p.upstream),
+        };
+        let auth = match &r.auth {
+            RouteAuth::Public => "public".to_owned(),
+            RouteAuth::Required(p) if p.roles.is_empty() && p.scopes.is_empty() => {
+                "token".to_owned()
+            }
+            RouteAuth::Required(p) => format!("roles={:?} scopes={:?}", p.roles, p.scopes),
+        };
+        println!(
+            "{:<24} {:<22} {:<28} {:<40} {auth}",
+            r.name,
+            methods.join(","),
+            r.path,
+            target
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { config }) = &cli.command {
+        return match load(config) {
+            Ok(cfg) => {
+                print_routes(&cfg);
+                println!("{}: OK ({} routes)", config.display(), cfg.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    let config = match load(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(cli.log_format, env("RUST_LOG").as_deref());
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            eprintln!("amqp-gateway: cannot listen on {addr}: {e}");
+            ExitCode::FAILURE
+        })
+    };
+    let listener = match bind(config.server.listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let admin = match bind(config.server.admin_listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    match amqp_gateway::run(config, listener, admin, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("amqp-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

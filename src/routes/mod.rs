@@ -1,0 +1,4 @@
+//! Request handlers, one module per kind of route. They talk to [`crate::amqp`] through its
+//! own types and never see lapin.
+
+pub mod publish;

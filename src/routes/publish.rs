@@ -1,0 +1,409 @@
+//! The write handler: an HTTP request becomes a confirmed AMQP event.
+//!
+//! Order matters and follows the contract: everything that can be rejected is checked before
+//! anything is published (size, encoding, media type, JSON, routing-key parameters,
+//! idempotency key), and the response is written only after the broker's confirm.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, RawPathParams, Request};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::amqp::{Event, PublishError};
+use crate::config::{PARAM_HEADER_PREFIX, PublishTarget};
+use crate::error::GatewayError;
+use crate::state::AppState;
+
+/// Namespace for `Idempotency-Key` → event id (UUIDv5), fixed forever: changing it would
+/// change the ids of retried requests across an upgrade.
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2c4e_8a57_4d0b_9b53_1d2e_7c41_a9f0);
+
+/// Longest `Idempotency-Key` we accept.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Longest `X-Request-Id` / `traceparent` copied into message properties.
+const MAX_TRACE_ID: usize = 255;
+
+/// Characters kept as-is when a path parameter is put back into a `Location` path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A write route as the handler needs it.
+#[derive(Debug)]
+pub struct WriteRoute {
+    /// Route name (logs, idempotency namespace).
+    pub name: String,
+    /// What to publish where.
+    pub target: PublishTarget,
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    event_id: &'a str,
+    status: &'static str,
+}
+
+/// Handles one write request.
+pub async fn handle(
+    state: AppState,
+    route: Arc<WriteRoute>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let (mut parts, body) = request.into_parts();
+    let params = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .map_err(|_| GatewayError::BadRequest("path parameters must be valid UTF-8".into()))?;
+    let params: Vec<(&str, &str)> = params.iter().collect();
+    let headers = &parts.headers;
+    let target = &route.target;
+
+    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let content_type = check_content_type(headers, &parts.method, &body, target)?;
+    let routing_key = render_routing_key(target, &params)?;
+
+    let event_id = event_id(headers, &route.name)?;
+    let correlation_id = optional_trace_header(headers, "x-request-id")?;
+    let traceparent = optional_trace_header(headers, "traceparent")?;
+
+    let param_headers: Vec<(String, &str)> = params
+        .iter()
+        .map(|(k, v)| (format!("{PARAM_HEADER_PREFIX}{k}"), *v))
+        .collect();
+    let mut amqp_headers: Vec<(&str, &str)> =
+        Vec::with_capacity(3 + param_headers.len() + target.headers.len());
+    amqp_headers.push(("x-http-method", parts.method.as_str()));
+    amqp_headers.push(("x-http-path", parts.uri.path()));
+    amqp_headers.extend(param_headers.iter().map(|(k, v)| (k.as_str(), *v)));
+    if let Some(tp) = traceparent {
+        amqp_headers.push(("traceparent", tp));
+    }
+    amqp_headers.extend(target.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+
+    let event_id_text = event_id.to_string();
+    let event = Event {
+        exchange: &target.exchange,
+        routing_key: &routing_key,
+        body: &body,
+        message_id: &event_id_text,
+        correlation_id,
+        content_type: target.properties.content_type.as_deref().or(content_type),
+        message_type: target
+            .properties
+            .message_type
+            .as_deref()
+            .unwrap_or(&routing_key),
+        priority: target.properties.priority,
+        timestamp: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        headers: amqp_headers,
+    };
+    state
+        .channels
+        .publish(&event)
+        .await
+        .map_err(|e| publish_error(e, &state, &route.name, &event_id_text))?;
+
+    let location = target
+        .location
+        .as_ref()
+        .map(|t| {
+            t.render(|name| {
+                if name == "event_id" {
+                    return Ok(Cow::Borrowed(event_id_text.as_str()));
+                }
+                let value = params
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map_or("", |(_, v)| v);
+                Ok::<_, GatewayError>(Cow::Owned(utf8_percent_encode(value, SEGMENT).to_string()))
+            })
+        })
+        .transpose()?;
+    let status = StatusCode::from_u16(target.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (
+        status,
+        axum::Json(Accepted {
+            event_id: &event_id_text,
+            status: "accepted",
+        }),
+    )
+        .into_response();
+    if let Some(location) = location {
+        let value = HeaderValue::try_from(location).map_err(|_| GatewayError::Internal)?;
+        response.headers_mut().insert(LOCATION, value);
+    }
+    Ok(response)
+}
+
+fn publish_error(e: PublishError, state: &AppState, route: &str, event_id: &str) -> GatewayError {
+    let retry_after = state.retry_after;
+    match e {
+        PublishError::Unavailable => GatewayError::BrokerUnavailable { retry_after },
+        PublishError::Blocked => GatewayError::BrokerBlocked { retry_after },
+        PublishError::Unroutable => GatewayError::NoRoute { retry_after },
+        PublishError::Nacked => GatewayError::Nacked { retry_after },
+        PublishError::Unknown(why) => {
+            // Logged with the id so an operator can reconcile what consumers later see.
+            tracing::warn!(route, event_id, why, "Publish outcome unknown.");
+            GatewayError::OutcomeUnknown
+        }
+        PublishError::PropertiesTooLarge => GatewayError::HeadersTooLarge,
+        PublishError::Internal(why) => {
+            tracing::error!(route, event_id, why, "Publish failed on our side.");
+            GatewayError::Internal
+        }
+    }
+}
+
+/// Reads the body under the limit and undoes `Content-Encoding: gzip`, also under the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = GatewayError::PayloadTooLarge { limit };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large);
+    }
+    let encoding = match headers.get_all(CONTENT_ENCODING).iter().count() {
+        0 => None,
+        1 => headers
+            .get(CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase()),
+        _ => Some(String::from("multiple")),
+    };
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(_) => {
+            return Err(GatewayError::UnsupportedMediaType(
+                "Content-Encoding must be gzip or identity".into(),
+            ));
+        }
+    };
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
+        Err(_) => {
+            return Err(GatewayError::BadRequest(
+                "the request body could not be read".into(),
+            ));
+        }
+    };
+    if !gzip {
+        return Ok(raw);
+    }
+    // Inflate at most limit + 1 bytes: one byte over proves the body is too large without ever
+    // holding more than the limit (a 10 KB → 10 GB bomb stops here).
+    let mut decoded = Vec::with_capacity(raw.len().saturating_mul(4).min(limit + 1));
+    flate2::read::MultiGzDecoder::new(raw.as_ref())
+        .take(limit as u64 + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|_| GatewayError::BadRequest("the body is not valid gzip".into()))?;
+    if decoded.len() > limit {
+        return Err(too_large);
+    }
+    Ok(Bytes::from(decoded))
+}
+
+/// Checks `Content-Type` against the route and, for JSON types, that the body parses.
+/// Returns the content type to put on the message.
+fn check_content_type<'h>(
+    headers: &'h HeaderMap,
+    method: &Method,
+    body: &[u8],
+    target: &PublishTarget,
+) -> Result<Option<&'h str>, GatewayError> {
+    let header = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let Some(full) = header else {
+        // A DELETE usually has no body and so no type; anything else must say what it sends.
+        if body.is_empty() && method == Method::DELETE {
+            return Ok(None);
+        }
+        return Err(GatewayError::UnsupportedMediaType(format!(
+            "Content-Type is required; this route accepts {}",
+            target.content_types.join(", ")
+        )));
+    };
+    let essence = full
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !target.content_types.contains(&essence) {
+        return Err(GatewayError::UnsupportedMediaType(format!(
+            "Content-Type `{essence}` is not accepted; this route accepts {}",
+            target.content_types.join(", ")
+        )));
+    }
+    let is_json = essence == "application/json" || essence.ends_with("+json");
+    if is_json && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return Err(GatewayError::BadRequest(
+            "the body is not valid JSON".into(),
+        ));
+    }
+    Ok(Some(full))
+}
+
+/// Renders the routing key; a path parameter must be one routing-key word.
+fn render_routing_key(
+    target: &PublishTarget,
+    params: &[(&str, &str)],
+) -> Result<String, GatewayError> {
+    let key = target.routing_key.render(|name| {
+        let value = params.iter().find(|(k, _)| *k == name).map_or("", |(_, v)| v);
+        if value.is_empty()
+            || value.chars().any(|c| matches!(c, '.' | '*' | '#') || c.is_control())
+        {
+            return Err(GatewayError::BadRequest(format!(
+                "path parameter `{name}` must be non-empty and must not contain `.`, `*`, `#` or control characters"
+            )));
+        }
+        Ok(Cow::Borrowed(value))
+    })?;
+    if key.len() > 255 {
+        return Err(GatewayError::BadRequest(
+            "the routing key built from the path exceeds 255 bytes".into(),
+        ));
+    }
+    Ok(key)
+}
+
+/// UUIDv7 by default; with `Idempotency-Key`, a UUIDv5 of route and key, so a retry of the same
+/// request carries the same `message_id` for consumers to deduplicate on.
+fn event_id(headers: &HeaderMap, route: &str) -> Result<Uuid, GatewayError> {
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let Some(key) = keys.next() else {
+        return Ok(Uuid::now_v7());
+    };
+    let bad = || {
+        GatewayError::BadRequest(format!(
+            "Idempotency-Key must be one header of 1–{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))
+    };
+    if keys.next().is_some() {
+        return Err(bad());
+    }
+    let key = key.as_bytes();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+    {
+        return Err(bad());
+    }
+    let mut name = Vec::with_capacity(route.len() + 1 + key.len());
+    name.extend_from_slice(route.as_bytes());
+    name.push(0);
+    name.extend_from_slice(key);
+    Ok(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name))
+}
+
+/// A tracing header copied into the message, if present and sane.
+fn optional_trace_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h str>, GatewayError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v)
+            if !v.is_empty()
+                && v.len() <= MAX_TRACE_ID
+                && v.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(v))
+        }
+        _ => Err(GatewayError::BadRequest(format!(
+            "{name} must be 1–{MAX_TRACE_ID} visible ASCII characters"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::Template;
+
+    fn target(rk: &str) -> PublishTarget {
+        PublishTarget {
+            exchange: "x".into(),
+            routing_key: Template::parse(rk).unwrap(),
+            status: 202,
+            location: None,
+            content_types: vec!["application/json".into()],
+            properties: Default::default(),
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn routing_key_rejects_injection() {
+        let t = target("user.{id}.updated");
+        assert_eq!(
+            render_routing_key(&t, &[("id", "42")]).unwrap(),
+            "user.42.updated"
+        );
+        for bad in ["4.2", "*", "#", "a\u{0}b", "a\nb", ""] {
+            assert!(
+                matches!(
+                    render_routing_key(&t, &[("id", bad)]),
+                    Err(GatewayError::BadRequest(_))
+                ),
+                "{bad:?} must be rejected"
+            );
+        }
+        let long = "a".repeat(250);
+        assert!(render_routing_key(&t, &[("id", &long)]).is_err());
+    }
+
+    #[test]
+    fn idempotency_key_is_deterministic_per_route() {
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", HeaderValue::from_static("abc"));
+        let a = event_id(&h, "r1").unwrap();
+        assert_eq!(a, event_id(&h, "r1").unwrap());
+        assert_ne!(a, event_id(&h, "r2").unwrap());
+        h.append("idempotency-key", HeaderValue::from_static("def"));
+        assert!(event_id(&h, "r1").is_err());
+    }
+
+    #[test]
+    fn without_key_ids_are_v7_and_distinct() {
+        let h = HeaderMap::new();
+        let a = event_id(&h, "r").unwrap();
+        assert_eq!(a.get_version_num(), 7);
+        assert_ne!(a, event_id(&h, "r").unwrap());
+    }
+
+    #[tokio::test]
+    async fn gzip_bomb_stops_at_the_limit() {
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), Compression::best());
+        enc.write_all(&vec![b'a'; 4 * 1024 * 1024]).unwrap();
+        let gz = enc.finish().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let err = read_body(&h, Body::from(gz), 1024 * 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::PayloadTooLarge { .. }));
+    }
+}

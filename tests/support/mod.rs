@@ -1,0 +1,39 @@
+//! Shared support for the integration-test binaries (`mod support;`).
+//!
+//! This module owns nothing itself; it re-exports its submodules:
+//!
+//! * [`broker`] — the RabbitMQ node the tests talk to: [`amqp_url`] returns
+//!   `AMQP_TEST_URL` when set, otherwise boots one private, throwaway node per
+//!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] controls that node
+//!   for fault tests.
+//! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
+//!   queue bound to an exchange, read with deadlines (`next`, `drain`,
+//!   `count`).
+//!
+//! Typical use:
+//!
+//! ```ignore
+//! mod support;
+//! use std::time::Duration;
+//! use support::{amqp_url, TestQueue};
+//!
+//! #[tokio::test]
+//! async fn publishes() {
+//!     let url = amqp_url();
+//!     let q = TestQueue::bind(&url, "orders", Some(lapin::ExchangeKind::Topic), "orders.#").await;
+//!     // ... drive the gateway ...
+//!     let msg = q.next(Duration::from_secs(5)).await.expect("no message");
+//! }
+//! ```
+//!
+//! Not every binary uses every helper, hence the `allow`s below.
+#![allow(dead_code, unused_imports)]
+
+pub mod amqp;
+pub mod broker;
+
+pub use amqp::TestQueue;
+pub use broker::{
+    NodeInfo, amqp_url, booted_here, free_port, node, node_log_tail, node_name, rabbitmqctl,
+    rabbitmqctl_ok,
+};
