@@ -1,1 +1,433 @@
+//! Config loading: one failing case per validation rule, plus the happy path.
 
+use super::*;
+
+const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+[[amqp.exchanges]]
+name = "users"
+type = "topic"
+
+[[routes]]
+name = "update-user"
+path = "/users/{id}"
+methods = ["PUT", "PATCH"]
+auth = "public"
+publish = { exchange = "users", routing_key = "user.{id}.updated" }
+"#;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml", no_env)
+}
+
+/// Loads BASE with `from` replaced by `to` and returns the error line.
+fn error_of(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "fixture does not contain {from:?}");
+    match load(&BASE.replacen(from, to, 1)) {
+        Ok(_) => panic!("replacing {from:?} with {to:?} should fail"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn with_route(extra: &str) -> String {
+    format!("{BASE}\n{extra}")
+}
+
+fn route_error(extra: &str) -> String {
+    match load(&with_route(extra)) {
+        Ok(_) => panic!("route should be rejected:\n{extra}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_has(err: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(err.contains(p), "error {err:?} should contain {p:?}");
+    }
+}
+
+#[test]
+fn base_config_loads_with_defaults() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+    assert_eq!(c.amqp.connections, 2);
+    assert_eq!(c.amqp.channels_per_connection, 8);
+    assert_eq!(c.amqp.confirm_timeout, Duration::from_secs(5));
+    assert_eq!(c.routes.len(), 1);
+    let RouteAction::Publish(p) = &c.routes[0].action else {
+        panic!("publish route expected");
+    };
+    assert_eq!(p.status, 202);
+    assert_eq!(p.content_types, ["application/json"]);
+    assert_eq!(c.routes[0].path_params, ["id"]);
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_are_masked() {
+    let text = BASE.replace(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "${AMQP_URL:-amqp://x@localhost}",
+    );
+    let env = |k: &str| (k == "AMQP_URL").then(|| "amqp://u:s3cr3t@10.0.0.1:5672/%2f".to_owned());
+    let c = Config::from_toml(&text, "t", env).unwrap();
+    assert_eq!(c.amqp.url.expose(), "amqp://u:s3cr3t@10.0.0.1:5672/%2f");
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn missing_variable_names_file_line_and_variable() {
+    let err = error_of("127.0.0.1:8080", "${LISTEN}");
+    assert_has(&err, &["test.toml:3:", "LISTEN", "not set"]);
+}
+
+#[test]
+fn syntax_error_names_the_line() {
+    let err = error_of("methods = [\"PUT\", \"PATCH\"]", "methods = [");
+    assert_has(&err, &["test.toml:17:", "expected"]);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let err = error_of("[amqp]\n", "[amqp]\nchanels = 3\n");
+    assert_has(&err, &["test.toml:7:", "amqp", "chanels"]);
+}
+
+#[test]
+fn typed_values_report_key_and_line() {
+    let err = error_of("127.0.0.1:9090", "not-an-address");
+    assert_has(&err, &["server.admin_listen", "test.toml:4:"]);
+    let err = error_of("[amqp]\n", "[amqp]\nconfirm_timeout = \"soon\"\n");
+    assert_has(&err, &["amqp.confirm_timeout"]);
+    let err = error_of("type = \"topic\"", "type = \"round-robin\"");
+    assert_has(&err, &["amqp.exchanges[0].type", "round-robin"]);
+}
+
+#[test]
+fn server_rules() {
+    assert_has(
+        &error_of("127.0.0.1:9090", "127.0.0.1:8080"),
+        &["server.admin_listen", "differ"],
+    );
+    assert_has(
+        &error_of(
+            "admin_listen = \"127.0.0.1:9090\"",
+            "admin_listen = \"127.0.0.1:9090\"\nmax_body_bytes = 0",
+        ),
+        &["server.max_body_bytes"],
+    );
+    assert_has(
+        &error_of(
+            "admin_listen = \"127.0.0.1:9090\"",
+            "admin_listen = \"127.0.0.1:9090\"\nmax_body_bytes = 99999999999",
+        ),
+        &["server.max_body_bytes"],
+    );
+    assert_has(
+        &error_of(
+            "admin_listen = \"127.0.0.1:9090\"",
+            "admin_listen = \"127.0.0.1:9090\"\ntrusted_proxies = [\"nope\"]",
+        ),
+        &["server.trusted_proxies"],
+    );
+}
+
+#[test]
+fn amqp_rules() {
+    let err = error_of(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        "http://guest:pw@host",
+    );
+    assert_has(&err, &["amqp.url"]);
+    assert!(!err.contains("pw"), "the URL must not be echoed: {err}");
+    for (k, v) in [
+        ("connections", "0"),
+        ("connections", "65"),
+        ("channels_per_connection", "0"),
+        ("channels_per_connection", "129"),
+        ("confirm_timeout", "\"0s\""),
+        ("connect_timeout", "\"0s\""),
+    ] {
+        let err = error_of("[amqp]\n", &format!("[amqp]\n{k} = {v}\n"));
+        assert_has(&err, &[&format!("amqp.{k}")]);
+    }
+}
+
+#[test]
+fn exchange_rules() {
+    assert_has(
+        &error_of("name = \"users\"", "name = \"\""),
+        &["amqp.exchanges[0].name", "default exchange"],
+    );
+    assert_has(
+        &error_of("name = \"users\"", "name = \"amq.topic\""),
+        &["reserved"],
+    );
+    assert_has(
+        &error_of(
+            "name = \"users\"",
+            &format!("name = \"{}\"", "x".repeat(256)),
+        ),
+        &["255"],
+    );
+    let dup = BASE.replace(
+        "[[routes]]",
+        "[[amqp.exchanges]]\nname = \"users\"\ntype = \"direct\"\n\n[[routes]]",
+    );
+    assert_has(
+        &load(&dup).unwrap_err().to_string(),
+        &["amqp.exchanges[1].name", "twice"],
+    );
+}
+
+const ROUTE_HEAD: &str =
+    "[[routes]]\nname = \"r2\"\npath = \"/things/{id}\"\nmethods = [\"POST\"]\nauth = \"public\"\n";
+
+#[test]
+fn route_needs_exactly_one_action() {
+    assert_has(&route_error(ROUTE_HEAD), &["routes[1]", "exactly one"]);
+    let both = format!(
+        "{ROUTE_HEAD}upstream = \"u\"\npublish = {{ exchange = \"users\", routing_key = \"k\" }}\n[upstreams.u]\ntargets = [\"http://127.0.0.1:1\"]\n"
+    );
+    assert_has(&route_error(&both), &["routes[1]", "exactly one"]);
+}
+
+fn publish_route(publish: &str) -> String {
+    format!("{ROUTE_HEAD}publish = {{ {publish} }}\n")
+}
+
+#[test]
+fn publish_rules() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "exchange = \"nope\", routing_key = \"k\"",
+            &["routes[1].publish.exchange", "not declared"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"a.{other}\"",
+            &["routes[1].publish.routing_key", "{other}"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"a.{id\"",
+            &["routes[1].publish.routing_key", "unclosed"],
+        ),
+        (
+            "exchange = \"\", routing_key = \"\"",
+            &["routes[1].publish.routing_key", "queue name"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", status = 200",
+            &["routes[1].publish.status"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", status = 201",
+            &["routes[1].publish.location"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", location = \"/x/{nope}\"",
+            &["routes[1].publish.location", "{nope}"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", content_types = []",
+            &["routes[1].publish.content_types"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", content_types = [\"json\"]",
+            &["routes[1].publish.content_types", "`json`"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", properties = { priority = 10 }",
+            &["routes[1].publish.properties.priority"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", properties = { type = \"\" }",
+            &["routes[1].publish.properties.type"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", properties = { expiration = \"1\" }",
+            &["expiration"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", headers = { \"x-http-method\" = \"GET\" }",
+            &["routes[1].publish.headers", "set by the gateway"],
+        ),
+        (
+            "exchange = \"users\", routing_key = \"k\", headers = { \"x-param-id\" = \"1\" }",
+            &["routes[1].publish.headers"],
+        ),
+    ];
+    for (publish, parts) in cases {
+        assert_has(&route_error(&publish_route(publish)), parts);
+    }
+    let long = format!(
+        "exchange = \"users\", routing_key = \"{}\"",
+        "k".repeat(256)
+    );
+    assert_has(
+        &route_error(&publish_route(&long)),
+        &["routes[1].publish.routing_key", "255"],
+    );
+}
+
+#[test]
+fn publish_route_variants_load() {
+    let ok = publish_route(
+        "exchange = \"\", routing_key = \"things-{id}\", status = 201, location = \"/things/{id}/{event_id}\", content_types = [\"Application/JSON\", \"text/plain\"], properties = { type = \"T\", content_type = \"application/json\", priority = 5 }, headers = { \"x-schema\" = \"1\" }",
+    );
+    let c = load(&with_route(&ok)).unwrap();
+    let RouteAction::Publish(p) = &c.routes[1].action else {
+        panic!("publish route expected");
+    };
+    assert_eq!(p.content_types, ["application/json", "text/plain"]);
+    assert_eq!(p.headers, [("x-schema".to_owned(), "1".to_owned())]);
+    assert_eq!(p.properties.priority, Some(5));
+}
+
+#[test]
+fn route_rules() {
+    let pub_ok = "publish = { exchange = \"users\", routing_key = \"k\" }\n";
+    let route = |name: &str, path: &str, methods: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = {methods}\nauth = \"public\"\n{pub_ok}"
+        )
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        (route("", "/x", "[\"POST\"]"), &["routes[1].name"]),
+        (
+            route("update-user", "/x", "[\"POST\"]"),
+            &["routes[1].name", "duplicate"],
+        ),
+        (
+            route("r", "x", "[\"POST\"]"),
+            &["routes[1].path", "start with"],
+        ),
+        (
+            route("r", "/x/{a-b}", "[\"POST\"]"),
+            &["routes[1].path", "invalid parameter"],
+        ),
+        (
+            route("r", "/x/{*rest}/y", "[\"POST\"]"),
+            &["routes[1].path", "catch-all"],
+        ),
+        (
+            route("r", "/x/{a}/{a}", "[\"POST\"]"),
+            &["routes[1].path", "twice"],
+        ),
+        (
+            route("r", "/x/a{b}", "[\"POST\"]"),
+            &["routes[1].path", "whole segment"],
+        ),
+        (route("r", "/x y", "[\"POST\"]"), &["routes[1].path"]),
+        (
+            route("r", "/x", "[]"),
+            &["routes[1].methods", "at least one"],
+        ),
+        (
+            route("r", "/x", "[\"post\"]"),
+            &["routes[1].methods", "`post`"],
+        ),
+        (
+            route("r", "/x", "[\"POST\", \"POST\"]"),
+            &["routes[1].methods", "twice"],
+        ),
+        (
+            route("r", "/x", "[\"GET\"]"),
+            &["routes[1].methods", "cannot publish"],
+        ),
+        (
+            route("r", "/users/{id}", "[\"PUT\"]"),
+            &["routes[1].methods", "already served by route `update-user`"],
+        ),
+        (
+            route("r", "/users/{uid}", "[\"DELETE\"]"),
+            &["routes[1].path", "spell the parameters"],
+        ),
+        (
+            route("r", "/users/{*rest}", "[\"DELETE\"]"),
+            &["routes[1].path"],
+        ),
+    ];
+    for (extra, parts) in &cases {
+        assert_has(&route_error(extra), parts);
+    }
+}
+
+#[test]
+fn auth_rules() {
+    let protected = "[[routes]]\nname = \"r\"\npath = \"/p\"\nmethods = [\"POST\"]\npublish = { exchange = \"users\", routing_key = \"k\" }\n";
+    assert_has(&route_error(protected), &["routes[1].auth", "[auth]"]);
+    let auth = |keys: &str, extra: &str| {
+        format!("[auth]\nissuer = \"i\"\naudience = \"a\"\n{extra}\n{keys}\n")
+    };
+    let hs = "[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"s\"";
+    let cases: Vec<(String, &[&str])> = vec![
+        (auth("", ""), &["auth.keys", "at least one"]),
+        (auth(hs, "leeway = \"2m\""), &["auth.leeway"]),
+        (auth(hs, "roles_claim = \"a..b\""), &["auth.roles_claim"]),
+        (
+            auth("[[auth.keys]]\nalgorithm = \"RS256\"\nsecret = \"s\"", ""),
+            &["auth.keys[0].algorithm"],
+        ),
+        (
+            auth("[[auth.keys]]\nalgorithm = \"HS256\"", ""),
+            &["auth.keys[0]", "exactly one"],
+        ),
+    ];
+    for (extra, parts) in &cases {
+        let text = BASE.replacen("[[routes]]", &format!("{extra}\n[[routes]]"), 1);
+        assert_has(&load(&text).unwrap_err().to_string(), parts);
+    }
+}
+
+#[test]
+fn upstream_rules() {
+    let up = |targets: &str, extra: &str| {
+        BASE.replacen(
+            "[[routes]]",
+            &format!("[upstreams.u]\ntargets = {targets}\n{extra}\n[[routes]]"),
+            1,
+        )
+    };
+    assert_has(
+        &load(&up("[]", "")).unwrap_err().to_string(),
+        &["upstreams.u.targets", "at least one"],
+    );
+    assert_has(
+        &load(&up("[\"ftp://x\"]", "")).unwrap_err().to_string(),
+        &["upstreams.u.targets", "http://"],
+    );
+    assert_has(
+        &load(&up("[\"http://127.0.0.1:1\"]", "timeout = \"0s\""))
+            .unwrap_err()
+            .to_string(),
+        &["upstreams.u.timeout"],
+    );
+    let read = "[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\"]\nauth = \"public\"\nupstream = \"missing\"\n";
+    assert_has(
+        &route_error(read),
+        &["routes[1].upstream", "unknown upstream"],
+    );
+}
+
+#[test]
+fn every_file_in_config_dir_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut found = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path, no_env).unwrap_or_else(|e| panic!("{e}"));
+            found += 1;
+        }
+    }
+    assert!(found > 0, "no config files found in {}", dir.display());
+}
