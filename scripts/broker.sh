@@ -79,7 +79,7 @@ port_in_use() {
 
 # Picks a free port in [20000, 32000) not in the list given as arguments.
 pick_port() {
-    local p i taken
+    local p i t taken
     for ((i = 0; i < 200; i++)); do
         p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
         taken=0
@@ -305,6 +305,7 @@ EOF
     if [[ -n $watch_pid ]]; then
         # Detached watchdog: outlives a SIGKILLed owner, ignores the
         # terminal's signals, stops the node once the owner is gone.
+        # shellcheck disable=SC2016 # $1.. expand in the inner sh
         setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" stop "$3" --remove' \
             broker-watchdog "$watch_pid" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
         echo $! >"$dir/watchdog.pid"

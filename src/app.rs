@@ -76,7 +76,9 @@ pub fn app(state: AppState) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(telemetry::make_span)
-                        .on_response(telemetry::on_response),
+                        .on_response(telemetry::on_response)
+                        // The access-log line already carries 5xx statuses; no second line.
+                        .on_failure(()),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 // A panic is a bug: answer 500 problem+json, keep the connection alive.

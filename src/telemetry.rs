@@ -22,14 +22,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default log filter. lapin logs every returned (unroutable) message at WARN with its full
+/// body, which may carry personal data; we report those as 503s ourselves.
+pub const DEFAULT_FILTER: &str = "info,lapin=warn,lapin::returned_messages=error";
+
 /// The matched route's name, attached to responses for the access log.
 #[derive(Debug, Clone)]
 pub struct RouteName(pub std::sync::Arc<str>);
 
 /// Installs the global subscriber. `filter` is an `EnvFilter` directive (e.g. from `RUST_LOG`).
 pub fn init(format: LogFormat, filter: Option<&str>) {
-    let filter =
-        EnvFilter::try_new(filter.unwrap_or("info")).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

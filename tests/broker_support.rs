@@ -1,6 +1,7 @@
 //! Exercises `tests/support` against a real RabbitMQ: the node (booted here
 //! or given by `AMQP_TEST_URL`), `rabbitmqctl`, and `TestQueue` end to end
 //! with a confirmed publish straight through lapin.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code, helpers included
 
 mod support;
 

@@ -6,6 +6,7 @@
 //!   `AMQP_TEST_URL` when set, otherwise boots one private, throwaway node per
 //!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] controls that node
 //!   for fault tests.
+//! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0.
 //! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
 //!   queue bound to an exchange, read with deadlines (`next`, `drain`,
 //!   `count`).
@@ -26,14 +27,24 @@
 //! }
 //! ```
 //!
-//! Not every binary uses every helper, hence the `allow`s below.
-#![allow(dead_code, unused_imports)]
+//! Not every binary uses every helper, hence the `allow`s below; `pub`
+//! items of this private module are "unreachable" by construction; and
+//! unwrap/expect are fine in test code (outside `#[test]` fns too).
+#![allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 pub mod amqp;
 pub mod broker;
+pub mod gateway;
 
-pub use amqp::TestQueue;
+pub use amqp::{TestQueue, unique_name};
 pub use broker::{
     NodeInfo, amqp_url, booted_here, free_port, node, node_log_tail, node_name, rabbitmqctl,
     rabbitmqctl_ok,
 };
+pub use gateway::{TestGateway, base_config};

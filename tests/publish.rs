@@ -1,0 +1,657 @@
+//! The write path against a real RabbitMQ node: every publish is consumed back and checked.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use lapin::ExchangeKind;
+use lapin::types::AMQPValue;
+use reqwest::StatusCode;
+use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
+
+const WAIT: Duration = Duration::from_secs(5);
+/// How long "nothing arrives" is observed for before concluding nothing was queued.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A gateway with one topic exchange (unique per test) and the usual write routes on it.
+async fn gateway_with_exchange() -> (TestGateway, String) {
+    let exchange = unique_name("users");
+    let config = format!(
+        r#"{base}
+[[amqp.exchanges]]
+name = "{exchange}"
+type = "topic"
+
+[[routes]]
+name = "update-user"
+path = "/users/{{id}}"
+methods = ["PUT", "PATCH"]
+auth = "public"
+publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
+
+[[routes]]
+name = "create-user"
+path = "/users"
+methods = ["POST"]
+auth = "public"
+publish = {{ exchange = "{exchange}", routing_key = "user.created", status = 201, location = "/users/{{event_id}}" }}
+
+[[routes]]
+name = "delete-user"
+path = "/users/{{id}}"
+methods = ["DELETE"]
+auth = "public"
+[routes.publish]
+exchange = "{exchange}"
+routing_key = "user.{{id}}.deleted"
+properties = {{ type = "UserDeleted", priority = 3 }}
+headers = {{ "x-schema-version" = "2" }}
+
+[[routes]]
+name = "upload-note"
+path = "/notes/{{id}}"
+methods = ["POST"]
+auth = "public"
+publish = {{ exchange = "{exchange}", routing_key = "note.{{id}}", content_types = ["text/plain", "application/json"] }}
+"#,
+        base = base_config(&amqp_url()),
+    );
+    (TestGateway::start(&config).await, exchange)
+}
+
+fn header<'a>(d: &'a lapin::message::Delivery, name: &str) -> Option<&'a AMQPValue> {
+    d.properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_str(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match header(d, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => panic!("header {name} has unexpected type {other:?}"),
+    }
+}
+
+fn short(s: &Option<lapin::types::ShortString>) -> Option<&str> {
+    s.as_ref().map(|s| s.as_str())
+}
+
+#[tokio::test]
+async fn put_publishes_a_persistent_event_with_every_contract_property() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(
+        &amqp_url(),
+        &exchange,
+        Some(ExchangeKind::Topic),
+        "user.*.updated",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let res = client
+        .put(gw.at("/users/42"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("x-request-id", "req-abc-123")
+        .header("traceparent", traceparent)
+        .header("x-evil", "must-not-be-copied")
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert_eq!(res.headers()["x-request-id"], "req-abc-123");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        uuid::Uuid::parse_str(&event_id).unwrap().get_version_num(),
+        7
+    );
+
+    let d = q.expect(WAIT, "the PUT event").await;
+    assert_eq!(d.routing_key.as_str(), "user.42.updated");
+    assert_eq!(d.data, br#"{"name":"Ada"}"#);
+    let p = &d.properties;
+    assert_eq!(*p.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        short(p.content_type()),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(short(p.message_id()), Some(event_id.as_str()));
+    assert_eq!(short(p.correlation_id()), Some("req-abc-123"));
+    assert_eq!(short(p.kind()), Some("user.42.updated"));
+    assert_eq!(short(p.app_id()), Some("amqp-gateway"));
+    let ts = p.timestamp().expect("timestamp");
+    assert!(
+        ts >= before && ts <= before + 60,
+        "timestamp {ts} vs {before}"
+    );
+    assert_eq!(header_str(&d, "x-http-method").as_deref(), Some("PUT"));
+    assert_eq!(header_str(&d, "x-http-path").as_deref(), Some("/users/42"));
+    assert_eq!(header_str(&d, "x-param-id").as_deref(), Some("42"));
+    assert_eq!(header_str(&d, "traceparent").as_deref(), Some(traceparent));
+    assert!(
+        header(&d, "x-evil").is_none(),
+        "client headers are never copied wholesale"
+    );
+    let names: Vec<&str> = p
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(names.len(), 4, "only the contract's headers: {names:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_create_route_answers_201_with_location() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(
+        &amqp_url(),
+        &exchange,
+        Some(ExchangeKind::Topic),
+        "user.created",
+    )
+    .await;
+    let res = reqwest::Client::new()
+        .post(gw.at("/users"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"Grace"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = res.json().await.unwrap();
+    let event_id = body["event_id"].as_str().unwrap();
+    assert_eq!(location, format!("/users/{event_id}"));
+    let d = q.expect(WAIT, "the POST event").await;
+    assert_eq!(short(d.properties.message_id()), Some(event_id));
+    assert!(
+        d.properties.correlation_id().is_some(),
+        "a request id is generated when absent"
+    );
+}
+
+#[tokio::test]
+async fn static_route_properties_and_headers_are_applied() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "user.#").await;
+    let res = reqwest::Client::new()
+        .delete(gw.at("/users/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED, "a DELETE needs no body");
+    let d = q.expect(WAIT, "the DELETE event").await;
+    assert_eq!(d.routing_key.as_str(), "user.7.deleted");
+    assert_eq!(short(d.properties.kind()), Some("UserDeleted"));
+    assert_eq!(*d.properties.priority(), Some(3));
+    assert_eq!(header_str(&d, "x-schema-version").as_deref(), Some("2"));
+    assert!(d.data.is_empty());
+    assert!(d.properties.content_type().is_none());
+}
+
+#[tokio::test]
+async fn unroutable_event_is_503_and_nothing_is_queued() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    // Bound, but to another key: the broker has nowhere to put user.9.updated.
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "other.#").await;
+    let res = reqwest::Client::new()
+        .put(gw.at("/users/9"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "urn:amqp-gateway:problem:no-route");
+    assert!(q.next(QUIET).await.is_none());
+    assert_eq!(q.count().await, 0);
+}
+
+#[tokio::test]
+async fn nacked_event_is_503_and_not_accepted() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    // A queue that is always full and rejects new publishes: the broker nacks.
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let qname = unique_name("full");
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let opts = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    ch.queue_declare(qname.as_str().into(), opts, args)
+        .await
+        .unwrap();
+    ch.queue_bind(
+        qname.as_str().into(),
+        exchange.as_str().into(),
+        "user.*.updated".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let res = reqwest::Client::new()
+        .patch(gw.at("/users/1"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "urn:amqp-gateway:problem:nacked");
+}
+
+#[tokio::test]
+async fn routing_key_injection_is_rejected_before_publishing() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let client = reqwest::Client::new();
+    let long = "a".repeat(250);
+    for id in [
+        "123.refunded",
+        "%2A",
+        "%23",
+        "a%2Eb",
+        "%00",
+        "a%0Ab",
+        long.as_str(),
+    ] {
+        let res = client
+            .put(gw.at(&format!("/users/{id}")))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "id {id:?}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+    }
+    assert!(q.next(QUIET).await.is_none(), "nothing may be published");
+}
+
+#[tokio::test]
+async fn bad_bodies_are_rejected_and_nothing_is_queued() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let client = reqwest::Client::new();
+    let put = |ct: Option<&str>, body: Vec<u8>| {
+        let mut r = client.put(gw.at("/users/1")).body(body);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r.send()
+    };
+    let cases: Vec<(Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            Some("application/json"),
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+        ),
+        (
+            Some("application/json"),
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+        ),
+        (
+            Some("text/plain"),
+            b"hi".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+        (
+            None,
+            b"{}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+        (
+            Some("application/json"),
+            vec![b' '; 65537],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+        ),
+    ];
+    for (ct, body, status, code) in cases {
+        let res = put(ct, body).await.unwrap();
+        assert_eq!(res.status(), status, "content-type {ct:?}");
+        let problem: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(problem["type"], format!("urn:amqp-gateway:problem:{code}"));
+    }
+    // Chunked (no Content-Length) over the limit is cut off too.
+    let chunks =
+        futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
+    let res = client
+        .put(gw.at("/users/1"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Unknown encodings are refused.
+    let res = client
+        .put(gw.at("/users/1"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(q.next(QUIET).await.is_none(), "nothing may be published");
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let client = reqwest::Client::new();
+    let json = br#"{"name":"Zipped","tags":["a","b"]}"#;
+    let res = client
+        .put(gw.at("/users/5"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(json))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let d = q.expect(WAIT, "the gzip event").await;
+    assert_eq!(d.data, json);
+
+    // 64 KiB + 1 decoded from a few hundred bytes: over the limit after decoding.
+    let mut big = vec![b' '; 65537];
+    big[0] = b'1';
+    let res = client
+        .put(gw.at("/users/5"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gzip(&big))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let res = client
+        .put(gw.at("/users/5"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(b"not gzip at all".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(q.next(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn idempotency_key_gives_the_same_message_id_per_route() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let client = reqwest::Client::new();
+    let send = |path: &'static str, key: &'static str| {
+        client
+            .put(gw.at(path))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body("{}")
+            .send()
+    };
+    let a = send("/users/1", "key-1")
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let b = send("/users/1", "key-1")
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let c = send("/users/1", "key-2")
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(a["event_id"], b["event_id"]);
+    assert_ne!(a["event_id"], c["event_id"]);
+    let ids: Vec<String> = q
+        .drain(QUIET)
+        .await
+        .iter()
+        .map(|d| short(d.properties.message_id()).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "a retry is published again; consumers dedupe on message_id"
+    );
+    assert_eq!(ids[0], a["event_id"].as_str().unwrap());
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[0], ids[2]);
+    let bad = client
+        .put(gw.at("/users/1"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "x".repeat(256))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn two_thousand_concurrent_writes_are_all_confirmed_and_queued() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(
+        &amqp_url(),
+        &exchange,
+        Some(ExchangeKind::Topic),
+        "user.*.updated",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = (0..2000)
+        .map(|i| {
+            let req = client
+                .put(gw.at(&format!("/users/{i}")))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"n":{i}}}"#));
+            tokio::spawn(async move {
+                let res = req.send().await.unwrap();
+                assert_eq!(res.status(), StatusCode::ACCEPTED);
+                res.json::<serde_json::Value>().await.unwrap()["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    let mut accepted = HashSet::new();
+    for t in tasks {
+        accepted.insert(t.await.unwrap());
+    }
+    assert_eq!(accepted.len(), 2000, "distinct event ids");
+    assert_eq!(q.wait_for_count(2000, Duration::from_secs(20)).await, 2000);
+    let queued: HashSet<String> = q
+        .drain(QUIET)
+        .await
+        .iter()
+        .map(|d| short(d.properties.message_id()).unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        queued, accepted,
+        "every accepted event is in the queue, none lost"
+    );
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(
+        &amqp_url(),
+        &exchange,
+        Some(ExchangeKind::Topic),
+        "user.created",
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = client
+        .post(gw.at("/users"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::CREATED);
+    q.expect(WAIT, "the h2c event").await;
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
+    let (gw, _) = gateway_with_exchange().await;
+    let client = reqwest::Client::new();
+    let res = client.get(gw.at("/nope")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let res = client.get(gw.at("/users/1")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "PUT, PATCH, DELETE");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], 405);
+    let res = client.put(gw.at("/users")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "POST");
+}
+
+#[tokio::test]
+async fn non_json_media_types_are_published_as_sent() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "note.*").await;
+    let res = reqwest::Client::new()
+        .post(gw.at("/notes/n1"))
+        .header("content-type", "text/plain")
+        .body("remember the milk")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let d = q.expect(WAIT, "the note").await;
+    assert_eq!(d.data, b"remember the milk");
+    assert_eq!(short(d.properties.content_type()), Some("text/plain"));
+}
+
+#[tokio::test]
+async fn default_exchange_publishes_to_the_named_queue() {
+    let url = amqp_url();
+    let q = TestQueue::bind(&url, "", None, "").await;
+    let config = format!(
+        r#"{base}
+[[routes]]
+name = "jobs"
+path = "/jobs"
+methods = ["POST"]
+auth = "public"
+publish = {{ exchange = "", routing_key = "{queue}" }}
+"#,
+        base = base_config(&url),
+        queue = q.name,
+    );
+    let gw = TestGateway::start(&config).await;
+    let res = reqwest::Client::new()
+        .post(gw.at("/jobs"))
+        .header("content-type", "application/json")
+        .body(r#"{"job":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let d = q.expect(WAIT, "the job").await;
+    assert_eq!(d.data, br#"{"job":1}"#);
+}
+
+#[tokio::test]
+async fn unreachable_broker_means_not_ready_and_503() {
+    // A port nothing listens on: connects are refused.
+    let port = support::free_port();
+    let config = format!(
+        r#"{base}
+[[routes]]
+name = "jobs"
+path = "/jobs"
+methods = ["POST"]
+auth = "public"
+publish = {{ exchange = "", routing_key = "jobs" }}
+"#,
+        base = base_config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+    );
+    let gw = TestGateway::start_unready(&config).await;
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{}/healthz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = client
+        .get(format!("{}/readyz", gw.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let started = std::time::Instant::now();
+    let res = client
+        .post(gw.at("/jobs"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "fails fast, no waiting on the broker"
+    );
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["type"], "urn:amqp-gateway:problem:broker-unavailable");
+    gw.shutdown().await;
+}

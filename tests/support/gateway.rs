@@ -1,0 +1,117 @@
+//! Owns the gateway under test: [`TestGateway::start`] runs the real `amqp_gateway::run` in
+//! this process on `127.0.0.1:0` listeners and waits (with a deadline) until `/readyz` says the
+//! publishing channels are up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use amqp_gateway::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// `[server]` and `[amqp]` for a test config; routes and exchanges are appended by the test.
+pub fn base_config(amqp_url: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:1"
+max_body_bytes = 65536
+shutdown_timeout = "5s"
+
+[amqp]
+url = "{amqp_url}"
+connections = 2
+channels_per_connection = 4
+confirm_timeout = "5s"
+connect_timeout = "2s"
+"#
+    )
+}
+
+/// A running gateway.
+pub struct TestGateway {
+    /// `http://127.0.0.1:PORT` of the public listener.
+    pub url: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), amqp_gateway::RunError>>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with `config` (TOML) and waits until it is ready to publish.
+    pub async fn start(config: &str) -> TestGateway {
+        let gw = Self::start_unready(config).await;
+        gw.wait_ready(Duration::from_secs(20)).await;
+        gw
+    }
+
+    /// Starts a gateway without waiting for the broker.
+    pub async fn start_unready(config: &str) -> TestGateway {
+        let config = Config::from_toml(config, "test-config", |_| None)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let admin_addr: SocketAddr = admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(amqp_gateway::run(config, listener, admin, async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            url: format!("http://{addr}"),
+            admin_url: format!("http://{admin_addr}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Polls `/readyz` until it answers 200, or panics at `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::Client::new();
+        loop {
+            let url = format!("{}/readyz", self.admin_url);
+            if let Ok(r) = client.get(&url).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `self.url` + `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("gateway did not stop within 15s")
+                .expect("gateway task panicked")
+                .expect("gateway returned an error");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
