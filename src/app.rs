@@ -18,9 +18,12 @@ use tower_http::request_id::{
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::RequireAuthLayer;
 use crate::config::{Route, RouteAction};
 use crate::error::GatewayError;
+use crate::proxy::Upstreams;
 use crate::routes::publish::{self, WriteRoute};
+use crate::routes::read::{self, ReadRoute};
 use crate::state::AppState;
 use crate::telemetry::{self, RouteName};
 
@@ -49,10 +52,16 @@ pub fn app(state: AppState) -> Router {
     for (path, routes) in by_path {
         let mut allow: Vec<&'static str> = Vec::new();
         let mut methods: MethodRouter<AppState> = MethodRouter::new();
-        for route in routes {
+        // Validation guarantees one CORS setting per path.
+        let cors = routes.first().and_then(|r| r.cors.as_ref());
+        let mut served: Vec<Method> = Vec::new();
+        for route in &routes {
             allow.extend(route.methods.iter().map(static_method));
+            served.extend(route.methods.iter().cloned());
+            // Auth wraps only this route's methods (`route_layer`): 401/403 before the handler.
+            let auth = RequireAuthLayer::for_route(&route.auth, state.auth.as_ref());
             // Validation guarantees distinct methods per path, so merging cannot overlap.
-            methods = methods.merge(handler_for(route));
+            methods = methods.merge(handler_for(route, &state.upstreams).route_layer(auth));
         }
         if allow.contains(&"GET") && !allow.contains(&"HEAD") {
             allow.push("HEAD");
@@ -61,6 +70,11 @@ pub fn app(state: AppState) -> Router {
             let allow = allow.clone();
             async move { GatewayError::MethodNotAllowed { allow } }
         });
+        if let Some(cors) = cors {
+            // Around the whole path, 405 fallback included: a preflight `OPTIONS` is answered
+            // here, before auth; auth failures get the CORS headers too.
+            methods = methods.layer(crate::cors::layer(cors, &served));
+        }
         router = router.route(path, methods);
     }
     router
@@ -100,7 +114,7 @@ fn static_method(method: &Method) -> &'static str {
     }
 }
 
-fn handler_for(route: &Route) -> MethodRouter<AppState> {
+fn handler_for(route: &Route, upstreams: &Upstreams) -> MethodRouter<AppState> {
     let name: Arc<str> = Arc::from(route.name.as_str());
     let filter = route
         .methods
@@ -123,11 +137,32 @@ fn handler_for(route: &Route) -> MethodRouter<AppState> {
                 },
             )
         }
-        // Config validation refuses read routes until the read path lands.
-        RouteAction::Proxy(_) => on(filter, move || {
-            let name = name.clone();
-            async move { tag(Err(GatewayError::Internal), name) }
-        }),
+        RouteAction::Proxy(target) => {
+            let Some(upstream) = upstreams.get(&target.upstream) else {
+                // Config validation guarantees the upstream exists.
+                return on(filter, || async { GatewayError::Internal });
+            };
+            let read = Arc::new(ReadRoute {
+                name: name.clone(),
+                target: target.clone(),
+                upstream,
+                catch_all: route
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.strip_prefix("{*"))
+                    .and_then(|s| s.strip_suffix('}'))
+                    .map(str::to_owned),
+            });
+            on(
+                filter,
+                move |State(state): State<AppState>, request: Request| {
+                    let read = read.clone();
+                    let name = name.clone();
+                    async move { tag(read::handle(state, read, request).await, name) }
+                },
+            )
+        }
     }
 }
 

@@ -73,6 +73,32 @@ pub enum GatewayError {
         "the broker did not confirm in time; the event may or may not have been accepted. Retry with the same Idempotency-Key"
     )]
     OutcomeUnknown,
+    /// The upstream could not be reached or its answer was broken.
+    #[error("the upstream service is unavailable")]
+    BadGateway,
+    /// The upstream did not answer within its timeout.
+    #[error("the upstream service did not answer in time")]
+    UpstreamTimeout,
+    /// No bearer token (no `Authorization`, or another scheme): 401 `Bearer`.
+    #[error(
+        "a bearer token is required in the Authorization header (tokens in the URL are never accepted)"
+    )]
+    Unauthorized,
+    /// `Authorization` misused, e.g. sent twice: 400 `Bearer error="invalid_request"`.
+    #[error("send exactly one Authorization header with a bearer token")]
+    InvalidAuthRequest,
+    /// The token is malformed, badly signed, expired, not yet valid, for another issuer or
+    /// audience, or from an unknown key: 401 `Bearer error="invalid_token"`. Which one is
+    /// logged (reason code), never told.
+    #[error("the bearer token is not valid for this service")]
+    InvalidToken,
+    /// A valid token without the route's roles or scopes: 403
+    /// `Bearer error="insufficient_scope"`.
+    #[error("the token does not grant the role or scope this route requires")]
+    InsufficientScope {
+        /// The route's scopes, space-separated, for the `scope` parameter (RFC 6750 §3).
+        scope: Option<std::sync::Arc<str>>,
+    },
     /// A bug on our side (never the client's or the broker's fault).
     #[error("internal error")]
     Internal,
@@ -86,13 +112,16 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::InvalidAuthRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BrokerUnavailable { .. }
             | Self::BrokerBlocked { .. }
             | Self::NoRoute { .. }
             | Self::Nacked { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
+            Self::OutcomeUnknown | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,13 +134,39 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::BadRequest(_) => "bad-request",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidAuthRequest => "invalid-auth-request",
+            Self::InvalidToken => "invalid-token",
+            Self::InsufficientScope { .. } => "insufficient-scope",
             Self::HeadersTooLarge => "headers-too-large",
             Self::BrokerUnavailable { .. } => "broker-unavailable",
             Self::BrokerBlocked { .. } => "broker-blocked",
             Self::NoRoute { .. } => "no-route",
             Self::Nacked { .. } => "nacked",
             Self::OutcomeUnknown => "publish-outcome-unknown",
+            Self::BadGateway => "bad-gateway",
+            Self::UpstreamTimeout => "upstream-timeout",
             Self::Internal => "internal",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3), for auth failures.
+    fn www_authenticate(&self) -> Option<HeaderValue> {
+        match self {
+            Self::Unauthorized => Some(HeaderValue::from_static("Bearer")),
+            Self::InvalidAuthRequest => {
+                Some(HeaderValue::from_static("Bearer error=\"invalid_request\""))
+            }
+            Self::InvalidToken => Some(HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+            Self::InsufficientScope { scope: None } => Some(HeaderValue::from_static(
+                "Bearer error=\"insufficient_scope\"",
+            )),
+            // Scopes are validated at load (RFC 6749 scope-tokens: no `"`, `\\` or controls).
+            Self::InsufficientScope { scope: Some(scope) } => HeaderValue::try_from(format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+            ))
+            .ok(),
+            _ => None,
         }
     }
 
@@ -156,6 +211,9 @@ impl IntoResponse for GatewayError {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        if let Some(challenge) = self.www_authenticate() {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
         if let Self::MethodNotAllowed { allow } = &self
             && let Ok(v) = HeaderValue::from_str(&allow.join(", "))
         {
@@ -197,6 +255,46 @@ mod tests {
             body["type"],
             "urn:amqp-gateway:problem:publish-outcome-unknown"
         );
+    }
+
+    #[tokio::test]
+    async fn auth_failures_carry_their_challenge_and_are_not_stored() {
+        let cases = [
+            (GatewayError::Unauthorized, 401, "Bearer", "unauthorized"),
+            (
+                GatewayError::InvalidToken,
+                401,
+                "Bearer error=\"invalid_token\"",
+                "invalid-token",
+            ),
+            (
+                GatewayError::InvalidAuthRequest,
+                400,
+                "Bearer error=\"invalid_request\"",
+                "invalid-auth-request",
+            ),
+            (
+                GatewayError::InsufficientScope {
+                    scope: Some("users:write admin".into()),
+                },
+                403,
+                "Bearer error=\"insufficient_scope\", scope=\"users:write admin\"",
+                "insufficient-scope",
+            ),
+            (
+                GatewayError::InsufficientScope { scope: None },
+                403,
+                "Bearer error=\"insufficient_scope\"",
+                "insufficient-scope",
+            ),
+        ];
+        for (error, status, challenge, code) in cases {
+            let (s, headers, body) = parts(error).await;
+            assert_eq!(s, status);
+            assert_eq!(headers[header::WWW_AUTHENTICATE], challenge);
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+            assert_eq!(body["type"], format!("urn:amqp-gateway:problem:{code}"));
+        }
     }
 
     #[tokio::test]

@@ -5,8 +5,13 @@
 //! - [`config`]: the TOML file → validated [`config::Config`] (interpolation, rules).
 //! - [`server`]: [`run`] — listeners, graceful shutdown, drain.
 //! - [`app`]: [`app()`] — the public router and its middleware stack.
-//! - [`routes`]: handlers; [`routes::publish`] turns a write into an event.
+//! - [`routes`]: handlers; [`routes::publish`] turns a write into an event, [`routes::read`]
+//!   proxies a read through the cache.
+//! - [`auth`]: JWT verification (keys, JWKS refresh), [`auth::Identity`], and the per-route
+//!   [`auth::RequireAuthLayer`]; [`cors`]: CORS layers from config.
 //! - [`amqp`]: the pooled confirm-mode channel set and confirmed publishing (no HTTP types).
+//! - [`proxy`]: upstream targets, load balancing, passive health, forwarded headers.
+//! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing.
 //! - [`admin`]: `/healthz`, `/readyz` on the admin listener.
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
@@ -15,8 +20,12 @@
 pub mod admin;
 pub mod amqp;
 pub mod app;
+pub mod auth;
+pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod error;
+pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::amqp::{ChannelSet, PoolSettings};
-use crate::config::{Config, ExchangeKind};
+use crate::cache::Cache;
+use crate::config::{Config, ExchangeKind, RouteAction};
+use crate::proxy::Upstreams;
 use crate::state::AppState;
 use crate::{admin, app};
 
@@ -23,6 +25,9 @@ pub enum RunError {
     /// The AMQP pool could not be built (not a connect failure: those are retried).
     #[error("{0}")]
     Amqp(String),
+    /// Token verification could not start (a JWKS URL that cannot be fetched, a bad key).
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthStartError),
     /// A listener failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -47,6 +52,12 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // Before the broker pool: a JWKS URL that cannot be fetched stops start-up (the gateway
+    // never serves with a cold key set), and nothing needs closing then.
+    let auth = match &config.auth {
+        Some(auth) => Some(crate::auth::Authenticator::start(auth).await?),
+        None => None,
+    };
     let channels = ChannelSet::start(PoolSettings {
         url: config.amqp.url.expose().to_owned(),
         connections: config.amqp.connections,
@@ -62,7 +73,15 @@ pub async fn run(
     })
     .map_err(RunError::Amqp)?;
     let draining = Arc::new(AtomicBool::new(false));
+    let caches = config
+        .routes
+        .iter()
+        .any(|r| matches!(&r.action, RouteAction::Proxy(p) if p.cache.is_some()));
     let state = AppState {
+        auth,
+        upstreams: Arc::new(Upstreams::new(&config.upstreams)),
+        cache: caches.then(|| Arc::new(Cache::new(&config.cache))),
+        trusted_proxies: config.server.trusted_proxies.clone().into(),
         routes: config.routes.into(),
         channels: channels.clone(),
         max_body_bytes: config.server.max_body_bytes,
@@ -86,9 +105,12 @@ pub async fn run(
         routes = state.routes.len(),
         "Gateway listening."
     );
-    let public = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future();
+    let public = axum::serve(
+        listener,
+        app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()))
+    .into_future();
     let admin = axum::serve(admin_listener, admin::router(state))
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future();

@@ -4,8 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::amqp::ChannelSet;
+use crate::auth::Authenticator;
+use crate::cache::Cache;
 use crate::config::Route;
+use crate::proxy::Upstreams;
 
 /// Shared request-handling state. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -18,6 +23,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// `Retry-After` for broker-caused 503s.
     pub retry_after: Duration,
+    /// Upstream clients for read routes.
+    pub upstreams: Arc<Upstreams>,
+    /// The shared response cache (present when a route caches).
+    pub cache: Option<Arc<Cache>>,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: Arc<[IpNet]>,
+    /// Token verification (present when `[auth]` is configured).
+    pub auth: Option<Authenticator>,
     /// Set when shutdown starts, so `/readyz` takes the instance out of rotation.
     pub draining: Arc<AtomicBool>,
 }

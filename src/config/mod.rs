@@ -35,6 +35,10 @@ pub const MAX_BODY_BYTES_LIMIT: usize = 16 * 1024 * 1024 - 64 * 1024;
 pub const RESERVED_HEADERS: &[&str] =
     &["x-http-method", "x-http-path", "x-auth-sub", "traceparent"];
 
+/// Prefix of the identity headers (`x-auth-sub`, `x-auth-<claim>`): set only by the gateway,
+/// from a verified token; client-sent copies are always removed.
+pub const AUTH_HEADER_PREFIX: &str = "x-auth-";
+
 /// Prefix of the per-path-parameter AMQP headers (`x-param-id` for `{id}`).
 pub const PARAM_HEADER_PREFIX: &str = "x-param-";
 
@@ -64,9 +68,42 @@ struct RawConfig {
     #[serde(default)]
     auth: Option<AuthConfig>,
     #[serde(default)]
+    cors: Option<CorsConfig>,
+    #[serde(default)]
     upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
+    cache: CacheSettings,
+    #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+/// `[cache]`: the shared response cache used by read routes with `cache = {...}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Memory budget for stored bodies (all encodings) and headers, in bytes. Default 64 MiB.
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: u64,
+    /// Largest response body that is stored or given a generated ETag, in bytes; larger ones
+    /// are streamed through. Default 1 MiB, at most `max_bytes`.
+    #[serde(default = "default_cache_max_object_bytes")]
+    pub max_object_bytes: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_cache_max_bytes(),
+            max_object_bytes: default_cache_max_object_bytes(),
+        }
+    }
+}
+
+const fn default_cache_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+const fn default_cache_max_object_bytes() -> usize {
+    1024 * 1024
 }
 
 /// `[server]`: listeners and HTTP limits.
@@ -175,22 +212,55 @@ pub enum ExchangeKind {
 }
 
 /// `[auth]`: how bearer tokens are verified. Optional while every route is public.
+///
+/// Every token must carry `exp`, `iss`, `aud` and `sub`; `nbf` is enforced when present.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Required `iss` claim.
+    /// Required `iss` claim (exact match). Required, not empty.
     pub issuer: String,
-    /// Required `aud` claim.
+    /// Required `aud` claim (the token's `aud`, string or array, must contain it). Required,
+    /// not empty.
     pub audience: String,
     /// Clock leeway for `exp`/`nbf`. Default 30s, at most 60s.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
-    /// Claim holding the roles; a dotted path such as `realm_access.roles`. Default `roles`.
+    /// Claim holding the roles (array of strings, or one string); a dotted path such as
+    /// `realm_access.roles`. A claim whose name itself contains dots (`https://x.io/roles`) is
+    /// found too: the whole name is tried first. Default `roles`.
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
-    /// Verification keys, each with a fixed algorithm.
+    /// Claims propagated as identity headers: header suffix → claim name or dotted path.
+    /// `{ email = "email" }` sends the `email` claim as `X-Auth-Email` upstream (reads) and as
+    /// AMQP header `x-auth-email` (writes). The subject always goes as `x-auth-sub`. Suffixes
+    /// are 1–64 of `a-z 0-9 -`, not `sub`. Default: none.
+    #[serde(default)]
+    pub propagate_claims: BTreeMap<String, String>,
+    /// Verification keys, each with a fixed algorithm. At least one.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// How often keys from a `jwks_url` are refetched. Default 5m, at least 1s.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// A token whose `kid` is unknown triggers a refetch of the JWKS URLs at most once per this
+    /// interval (counting every fetch). Default 30s, greater than zero.
+    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    pub jwks_cooldown: Duration,
+    /// Bound on one JWKS fetch (connect, headers and body). Default 5s, greater than zero.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+    /// How long the last good key set of a `jwks_url` stays in use while fetches fail; after
+    /// that its keys are dropped and its tokens get 401. Default 24h, at least `jwks_refresh`.
+    #[serde(default = "default_jwks_max_stale", with = "humantime_serde")]
+    pub jwks_max_stale: Duration,
+    /// Verified tokens whose claims are kept (keyed by the token's SHA-256), so a repeated token
+    /// skips signature verification. Default 10000; 0 disables the cache.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: u64,
+    /// Longest a verified token stays cached (never past its `exp` + leeway). Bounds how long a
+    /// token outlives the removal of its key from a JWKS. Default 60s, at most 1h.
+    #[serde(default = "default_token_cache_ttl", with = "humantime_serde")]
+    pub token_cache_ttl: Duration,
 }
 
 const fn default_leeway() -> Duration {
@@ -199,22 +269,108 @@ const fn default_leeway() -> Duration {
 fn default_roles_claim() -> String {
     "roles".to_owned()
 }
+const fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+const fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+const fn default_token_cache_size() -> u64 {
+    10_000
+}
+const fn default_token_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
 
-/// `[[auth.keys]]`: one verification key.
+/// `[cors]` (global) and a route's `cors = { ... }`: CORS for browser clients.
+///
+/// Allowed methods are not configured: a preflight is answered with the methods the path
+/// serves. Preflights are answered before authentication.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to call: each `scheme://host[:port]` (no path, no trailing `/`), or
+    /// `["*"]` alone for any origin. Required, not empty.
+    pub allowed_origins: Vec<String>,
+    /// Request headers a page may send (answer to `Access-Control-Request-Headers`). Default:
+    /// `authorization`, `content-type`, `idempotency-key`, `if-none-match`, `traceparent`,
+    /// `x-request-id`.
+    #[serde(default = "default_cors_allowed_headers")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers a page's script may read. Default: `etag`, `location`, `retry-after`,
+    /// `www-authenticate`, `x-request-id`.
+    #[serde(default = "default_cors_exposed_headers")]
+    pub exposed_headers: Vec<String>,
+    /// How long a browser may reuse a preflight answer. Default 10m, at most 24h.
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies, client certificates). Not allowed
+    /// with `allowed_origins = ["*"]`. Default false.
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+fn default_cors_allowed_headers() -> Vec<String> {
+    [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "if-none-match",
+        "traceparent",
+        "x-request-id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_cors_exposed_headers() -> Vec<String> {
+    [
+        "etag",
+        "location",
+        "retry-after",
+        "www-authenticate",
+        "x-request-id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+const fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// JWS algorithms a key may be configured with (`none` is not one of them).
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// `[[auth.keys]]`: one verification key (or key set), with exactly one source.
+///
+/// Paths are relative to the working directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    /// Key id matched against the token's `kid`.
+    /// Key id matched against the token's `kid`. A key without `kid` verifies only tokens
+    /// without `kid`. Unique among `secret`/`public_key_pem` keys; not allowed with JWKS
+    /// sources (their keys carry their own `kid`).
     pub kid: Option<String>,
-    /// The only algorithm this key verifies (`HS256`, `RS256`, `ES256`, …).
+    /// The only algorithm this key verifies: one of [`JWT_ALGORITHMS`]. For a JWKS, the
+    /// algorithm of every key taken from it (keys of another type, curve or `alg` are skipped).
     pub algorithm: String,
-    /// HMAC secret for `HS*`.
+    /// HMAC secret for `HS*` (raw bytes of the string): at least 32/48/64 bytes for
+    /// HS256/384/512 (RFC 7518 §3.2). Use `${VAR}` interpolation.
     pub secret: Option<Secret>,
-    /// PEM file with the public key for `RS*`/`PS*`/`ES*`/`EdDSA`.
+    /// PEM file with the public key for `RS*`/`PS*`/`ES*`/`EdDSA`; parsed at load time.
     pub public_key_pem: Option<PathBuf>,
-    /// A JWKS file.
+    /// A JWKS file, read at load time. Not for `HS*`.
     pub jwks_file: Option<PathBuf>,
-    /// A JWKS URL, refreshed periodically.
+    /// An `http://` JWKS URL: fetched at start-up (start-up fails if it cannot be), then every
+    /// `auth.jwks_refresh` and on an unknown `kid`. Not for `HS*`.
     pub jwks_url: Option<String>,
 }
 
@@ -224,13 +380,26 @@ pub struct KeyConfig {
 pub struct UpstreamConfig {
     /// Base URLs (`http://host:port`), at least one.
     pub targets: Vec<String>,
-    /// Whole-request timeout towards a target. Default 5s.
+    /// Whole-request timeout towards a target, headers and body. Default 5s.
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// TCP connect timeout; a target that fails to connect is skipped for `fail_timeout` and
+    /// the next one is tried. Default 1s, at most `timeout`.
+    #[serde(default = "default_upstream_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a target that failed to connect is skipped (passive health). Default 10s.
+    #[serde(default = "default_fail_timeout", with = "humantime_serde")]
+    pub fail_timeout: Duration,
 }
 
 const fn default_upstream_timeout() -> Duration {
     Duration::from_secs(5)
+}
+const fn default_upstream_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+const fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,7 +417,37 @@ struct RawRoute {
     #[serde(default)]
     cache: Option<CacheConfig>,
     #[serde(default)]
+    etag: Option<bool>,
+    #[serde(default)]
+    forward_authorization: Option<bool>,
+    #[serde(default)]
+    compress: Option<CompressPolicy>,
+    #[serde(default)]
     publish: Option<RawPublish>,
+    #[serde(default)]
+    cors: Option<RawRouteCors>,
+}
+
+/// A route's `cors`: `false` (none), `true` (the global `[cors]`) or its own table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRouteCors {
+    Enabled(bool),
+    Custom(CorsConfig),
+}
+
+/// When a read route compresses responses (`compress = "..."`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressPolicy {
+    /// Compress responses to anonymous requests only. Responses to authenticated requests may
+    /// reflect input next to secrets, which compression leaks (BREACH). The default.
+    #[default]
+    Auto,
+    /// Always compress (the route's responses carry no secrets).
+    Always,
+    /// Never compress.
+    Never,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,23 +464,41 @@ enum AuthKeyword {
     Authenticated,
 }
 
-/// `auth = { roles = [...], scopes = [...] }` on a route.
+/// `auth = { roles = [...], scopes = [...], match = "any" }` on a route.
+///
+/// Each non-empty list is a requirement and both must hold: with `match = "any"` the token
+/// needs at least one listed role and at least one listed scope; with `"all"`, every one.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicy {
-    /// Roles, any of which grants access.
+    /// Roles (from `auth.roles_claim`). Not empty strings, no control characters.
     #[serde(default)]
     pub roles: Vec<String>,
-    /// Scopes, any of which grants access.
+    /// Scopes (from `scope`, space-separated, or `scp`, array or string). RFC 6749 scope
+    /// tokens: visible ASCII without `"` or `\`.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// `any` (default) or `all` of each list.
+    #[serde(default, rename = "match")]
+    pub mode: PolicyMatch,
+}
+
+/// How a route's role and scope lists are matched.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMatch {
+    /// At least one of each list.
+    #[default]
+    Any,
+    /// Every entry of each list.
+    All,
 }
 
 /// Per-route response cache (read routes).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Freshness when the upstream gives none.
+    /// Freshness when the upstream's `Cache-Control` gives none. Greater than zero.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
 }
@@ -334,8 +551,12 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// `[auth]`, present whenever a route is not public.
     pub auth: Option<AuthConfig>,
+    /// `[cors]`, the default of every route.
+    pub cors: Option<CorsConfig>,
     /// `[upstreams.*]`.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[cache]`.
+    pub cache: CacheSettings,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
 }
@@ -353,6 +574,9 @@ pub struct Route {
     pub methods: Vec<Method>,
     /// Who may call it.
     pub auth: RouteAuth,
+    /// CORS for this route (the global `[cors]` unless overridden); `None`: no CORS headers.
+    /// Routes sharing a path share it.
+    pub cors: Option<CorsConfig>,
     /// What it does.
     pub action: RouteAction,
 }
@@ -403,6 +627,12 @@ pub struct ProxyTarget {
     pub upstream_path: Option<Template>,
     /// Optional response cache.
     pub cache: Option<CacheConfig>,
+    /// Generate a strong ETag from the body when the upstream sends none (`etag`, default true).
+    pub generate_etag: bool,
+    /// Forward the client's `Authorization` upstream (`forward_authorization`, default false).
+    pub forward_authorization: bool,
+    /// Response compression policy (`compress`, default `auto`).
+    pub compress: CompressPolicy,
 }
 
 impl Config {
@@ -489,9 +719,23 @@ impl RawConfig {
             ));
         }
         let amqp = self.amqp.validate()?;
+        if self.cache.max_object_bytes == 0
+            || self.cache.max_object_bytes as u64 > self.cache.max_bytes
+        {
+            return Err(invalid(
+                "cache.max_object_bytes",
+                "must be between 1 and cache.max_bytes",
+            ));
+        }
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;
         }
+        if let Some(cors) = &self.cors {
+            validate_cors(cors, "cors")?;
+        }
+        // CORS is answered per path (a preflight names the method it will use), so routes that
+        // share a path must share their CORS settings.
+        let mut cors_by_path: BTreeMap<String, (Option<CorsConfig>, usize)> = BTreeMap::new();
         for (name, upstream) in &self.upstreams {
             validate_upstream(name, upstream)?;
         }
@@ -503,9 +747,27 @@ impl RawConfig {
         let mut spelled: BTreeMap<String, String> = BTreeMap::new();
         let mut claimed: BTreeMap<(String, Method), String> = BTreeMap::new();
         let mut routes = Vec::with_capacity(self.routes.len());
-        for (i, raw) in self.routes.into_iter().enumerate() {
+        for (i, mut raw) in self.routes.into_iter().enumerate() {
             let key = |field: &str| format!("routes[{i}].{field}");
-            let route = raw.validate(i, &exchanges, &self.upstreams)?;
+            let raw_cors = raw.cors.take();
+            let mut route = raw.validate(i, &exchanges, &self.upstreams)?;
+            route.cors = match raw_cors {
+                None => self.cors.clone(),
+                Some(RawRouteCors::Enabled(false)) => None,
+                Some(RawRouteCors::Enabled(true)) => match &self.cors {
+                    Some(global) => Some(global.clone()),
+                    None => {
+                        return Err(invalid(key("cors"), "`cors = true` needs a [cors] section"));
+                    }
+                },
+                Some(RawRouteCors::Custom(c)) => {
+                    validate_cors(&c, &key("cors"))?;
+                    Some(c)
+                }
+            };
+            if let RouteAuth::Required(policy) = &route.auth {
+                validate_policy(policy).map_err(|m| invalid(key("auth"), m))?;
+            }
             if !names.insert(route.name.clone()) {
                 return Err(invalid(
                     key("name"),
@@ -537,19 +799,19 @@ impl RawConfig {
                     spelled.insert(shape.clone(), route.path.clone());
                 }
             }
-            // Until the read path and JWT verification land, refuse what we cannot serve
-            // rather than serve it wrongly.
-            if matches!(route.action, RouteAction::Proxy(_)) {
-                return Err(invalid(
-                    format!("routes[{i}].upstream"),
-                    "read routes are not supported by this version yet",
-                ));
-            }
-            if route.auth != RouteAuth::Public {
-                return Err(invalid(
-                    key("auth"),
-                    "token verification is not supported by this version yet; use auth = \"public\"",
-                ));
+            match cors_by_path.get(&shape) {
+                Some((cors, first)) if *cors != route.cors => {
+                    return Err(invalid(
+                        key("cors"),
+                        format!(
+                            "differs from routes[{first}] on the same path; routes sharing a path share CORS"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    cors_by_path.insert(shape.clone(), (route.cors.clone(), i));
+                }
             }
             for method in &route.methods {
                 if let Some(other) =
@@ -570,7 +832,9 @@ impl RawConfig {
             server,
             amqp,
             auth: self.auth,
+            cors: self.cors,
             upstreams: self.upstreams,
+            cache: self.cache,
             routes,
         })
     }
@@ -652,19 +916,61 @@ impl RawAmqpConfig {
 }
 
 fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
+    if auth.issuer.is_empty() {
+        return Err(invalid("auth.issuer", "must not be empty"));
+    }
+    if auth.audience.is_empty() {
+        return Err(invalid("auth.audience", "must not be empty"));
+    }
     if auth.leeway > Duration::from_secs(60) {
         return Err(invalid("auth.leeway", "must be at most 60s"));
     }
     if auth.keys.is_empty() {
         return Err(invalid("auth.keys", "at least one key is required"));
     }
-    if auth.roles_claim.is_empty() || auth.roles_claim.split('.').any(str::is_empty) {
+    if !is_claim_path(&auth.roles_claim) {
         return Err(invalid(
             "auth.roles_claim",
             "must be a claim name or dotted path",
         ));
     }
+    for (name, path) in &auth.propagate_claims {
+        let key = format!("auth.propagate_claims.{name}");
+        let valid_name = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_name || name == "sub" {
+            return Err(invalid(
+                key,
+                "header suffixes are 1–64 of a-z, 0-9, `-`, and not `sub` (always sent)",
+            ));
+        }
+        if !is_claim_path(path) {
+            return Err(invalid(key, "must be a claim name or dotted path"));
+        }
+    }
+    if auth.jwks_refresh < Duration::from_secs(1) {
+        return Err(invalid("auth.jwks_refresh", "must be at least 1s"));
+    }
+    if auth.jwks_cooldown.is_zero() {
+        return Err(invalid("auth.jwks_cooldown", "must be greater than zero"));
+    }
+    if auth.jwks_timeout.is_zero() {
+        return Err(invalid("auth.jwks_timeout", "must be greater than zero"));
+    }
+    if auth.jwks_max_stale < auth.jwks_refresh {
+        return Err(invalid(
+            "auth.jwks_max_stale",
+            "must be at least auth.jwks_refresh",
+        ));
+    }
+    if auth.token_cache_ttl > Duration::from_secs(3600) {
+        return Err(invalid("auth.token_cache_ttl", "must be at most 1h"));
+    }
+    let mut kids = BTreeSet::new();
     for (i, k) in auth.keys.iter().enumerate() {
+        let key = |field: &str| format!("auth.keys[{i}].{field}");
         let sources = [
             k.secret.is_some(),
             k.public_key_pem.is_some(),
@@ -677,13 +983,138 @@ fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
                 "exactly one of secret, public_key_pem, jwks_file, jwks_url is required",
             ));
         }
+        if !JWT_ALGORITHMS.contains(&k.algorithm.as_str()) {
+            return Err(invalid(
+                key("algorithm"),
+                format!(
+                    "unsupported algorithm `{}` (one of {}; `none` never)",
+                    k.algorithm,
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            ));
+        }
         let hmac = k.algorithm.starts_with("HS");
         if hmac != k.secret.is_some() {
             return Err(invalid(
-                format!("auth.keys[{i}].algorithm"),
-                "HS* algorithms take `secret`; other algorithms take a public key or JWKS",
+                key("algorithm"),
+                "HS* algorithms take `secret`; other algorithms take a public key or JWKS (never HMAC from a JWKS)",
             ));
         }
+        let jwks = k.jwks_file.is_some() || k.jwks_url.is_some();
+        if let Some(kid) = &k.kid {
+            if jwks {
+                return Err(invalid(
+                    key("kid"),
+                    "not allowed with a JWKS (its keys carry their own `kid`)",
+                ));
+            }
+            if kid.is_empty() || kid.len() > 256 || kid.chars().any(char::is_control) {
+                return Err(invalid(
+                    key("kid"),
+                    "must be 1–256 characters without control characters",
+                ));
+            }
+            if !kids.insert(kid.as_str()) {
+                return Err(invalid(key("kid"), format!("`{kid}` is used twice")));
+            }
+        }
+        if let Some(url) = &k.jwks_url {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|_| invalid(key("jwks_url"), "not a valid URL"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(invalid(
+                    key("jwks_url"),
+                    "must be an http://host[:port]/path URL (https is not supported yet; use a local sidecar or jwks_file)",
+                ));
+            }
+        }
+        // Parse secrets, PEMs and JWKS files now, so a bad key stops start-up (and `check`)
+        // with its name instead of failing every request.
+        crate::auth::keys::check_key_config(k).map_err(|(field, m)| invalid(key(field), m))?;
+    }
+    Ok(())
+}
+
+/// A claim name, or a dotted path of names (`realm_access.roles`).
+fn is_claim_path(path: &str) -> bool {
+    !path.is_empty() && !path.split('.').any(str::is_empty) && !path.chars().any(char::is_control)
+}
+
+/// Roles and scopes listed by a route: checkable strings, and scopes that fit in a
+/// `WWW-Authenticate: Bearer scope="..."` parameter (RFC 6749 §3.3 scope-token).
+fn validate_policy(policy: &AuthPolicy) -> Result<(), String> {
+    for role in &policy.roles {
+        if role.is_empty() || role.len() > 256 || role.chars().any(char::is_control) {
+            return Err(format!(
+                "role `{role}`: roles are 1–256 characters without control characters"
+            ));
+        }
+    }
+    for scope in &policy.scopes {
+        let token = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+        if scope.is_empty() || scope.len() > 256 || !scope.bytes().all(token) {
+            return Err(format!(
+                "scope `{scope}`: scopes are 1–256 visible ASCII characters without space, `\"` or `\\`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_cors(cors: &CorsConfig, key: &str) -> Result<(), Invalid> {
+    let field = |f: &str| format!("{key}.{f}");
+    if cors.allowed_origins.is_empty() {
+        return Err(invalid(
+            field("allowed_origins"),
+            "must list at least one origin",
+        ));
+    }
+    let any = cors.allowed_origins.iter().any(|o| o == "*");
+    if any && cors.allowed_origins.len() > 1 {
+        return Err(invalid(
+            field("allowed_origins"),
+            "`*` must be the only entry",
+        ));
+    }
+    if any && cors.allow_credentials {
+        return Err(invalid(
+            field("allow_credentials"),
+            "browsers refuse credentials with `allowed_origins = [\"*\"]`; list the origins",
+        ));
+    }
+    for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
+        let uri: Option<http::Uri> = origin.parse().ok();
+        let valid = uri.is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some()
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                && !origin.ends_with('/')
+        });
+        if !valid || http::HeaderValue::from_str(origin).is_err() {
+            return Err(invalid(
+                field("allowed_origins"),
+                format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+            ));
+        }
+    }
+    for (name, list) in [
+        ("allowed_headers", &cors.allowed_headers),
+        ("exposed_headers", &cors.exposed_headers),
+    ] {
+        if let Some(h) = list
+            .iter()
+            .find(|h| h.as_str() == "*" || http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(invalid(
+                field(name),
+                format!("`{h}` is not a header name (wildcards are not supported)"),
+            ));
+        }
+    }
+    if cors.max_age > Duration::from_secs(24 * 3600) {
+        return Err(invalid(field("max_age"), "must be at most 24h"));
     }
     Ok(())
 }
@@ -708,6 +1139,12 @@ fn validate_upstream(name: &str, upstream: &UpstreamConfig) -> Result<(), Invali
         return Err(invalid(
             format!("upstreams.{name}.timeout"),
             "must be greater than zero",
+        ));
+    }
+    if upstream.connect_timeout.is_zero() || upstream.connect_timeout > upstream.timeout {
+        return Err(invalid(
+            format!("upstreams.{name}.connect_timeout"),
+            "must be greater than zero and at most `timeout`",
         ));
     }
     Ok(())
@@ -820,10 +1257,15 @@ impl RawRoute {
                         format!("{m} cannot publish; write routes take POST, PUT, PATCH, DELETE"),
                     ));
                 }
-                if self.upstream_path.is_some() || self.cache.is_some() {
+                if self.upstream_path.is_some()
+                    || self.cache.is_some()
+                    || self.etag.is_some()
+                    || self.forward_authorization.is_some()
+                    || self.compress.is_some()
+                {
                     return Err(invalid(
                         key("publish"),
-                        "`upstream_path` and `cache` apply only to upstream routes",
+                        "`upstream_path`, `cache`, `etag`, `forward_authorization` and `compress` apply only to upstream routes",
                     ));
                 }
                 RouteAction::Publish(publish.validate(i, &path_params, exchanges)?)
@@ -859,10 +1301,16 @@ impl RawRoute {
                         Ok(t)
                     })
                     .transpose()?;
+                if self.cache.as_ref().is_some_and(|c| c.ttl.is_zero()) {
+                    return Err(invalid(key("cache.ttl"), "must be greater than zero"));
+                }
                 RouteAction::Proxy(ProxyTarget {
                     upstream,
                     upstream_path,
                     cache: self.cache,
+                    generate_etag: self.etag.unwrap_or(true),
+                    forward_authorization: self.forward_authorization.unwrap_or(false),
+                    compress: self.compress.unwrap_or_default(),
                 })
             }
         };
@@ -872,6 +1320,7 @@ impl RawRoute {
             path_params,
             methods,
             auth,
+            cors: None,
             action,
         })
     }
@@ -992,7 +1441,9 @@ impl RawPublish {
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, value) in self.headers {
             let lower = name.to_ascii_lowercase();
-            if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(PARAM_HEADER_PREFIX)
+            if RESERVED_HEADERS.contains(&lower.as_str())
+                || lower.starts_with(PARAM_HEADER_PREFIX)
+                || lower.starts_with(AUTH_HEADER_PREFIX)
             {
                 return Err(invalid(
                     key("headers"),

@@ -2,3 +2,4 @@
 //! own types and never see lapin.
 
 pub mod publish;
+pub mod read;

@@ -21,6 +21,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::amqp::{Event, PublishError};
+use crate::auth::Identity;
 use crate::config::{PARAM_HEADER_PREFIX, PublishTarget};
 use crate::error::GatewayError;
 use crate::state::AppState;
@@ -63,6 +64,7 @@ pub async fn handle(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let (mut parts, body) = request.into_parts();
+    let identity = parts.extensions.remove::<Identity>();
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| GatewayError::BadRequest("path parameters must be valid UTF-8".into()))?;
@@ -91,6 +93,11 @@ pub async fn handle(
         amqp_headers.push(("traceparent", tp));
     }
     amqp_headers.extend(target.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // The caller, from the verified token only (the auth layer put it there; public routes
+    // have none). Static route headers cannot use `x-auth-*` (config validation).
+    if let Some(identity) = &identity {
+        amqp_headers.extend(identity.headers());
+    }
 
     let event_id_text = event_id.to_string();
     let event = Event {

@@ -270,10 +270,7 @@ impl TestQueue {
     }
 
     async fn try_get(&self, deadline: Instant) -> Result<Option<Delivery>, String> {
-        let channel = match self.try_channel(deadline).await {
-            Ok(c) => c,
-            Err(e) => return Err(e),
-        };
+        let channel = self.try_channel(deadline).await?;
         match channel
             .basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: true })
             .await

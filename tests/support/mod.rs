@@ -6,6 +6,7 @@
 //!   `AMQP_TEST_URL` when set, otherwise boots one private, throwaway node per
 //!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] controls that node
 //!   for fault tests.
+//! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query.
 //! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0.
 //! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
 //!   queue bound to an exchange, read with deadlines (`next`, `drain`,
@@ -41,6 +42,7 @@
 pub mod amqp;
 pub mod broker;
 pub mod gateway;
+pub mod origin;
 
 pub use amqp::{TestQueue, unique_name};
 pub use broker::{
@@ -48,3 +50,4 @@ pub use broker::{
     rabbitmqctl_ok,
 };
 pub use gateway::{TestGateway, base_config};
+pub use origin::Origin;

@@ -1,0 +1,441 @@
+//! The shared response cache for read routes (RFC 9111, opt-in per route).
+//!
+//! What is cached: complete upstream responses with a cacheable status and no `no-store`,
+//! `private`, `Set-Cookie` or `Vary: *` ([`policy::storable`]), bodies up to
+//! `cache.max_object_bytes`, within a `cache.max_bytes` budget (moka, weighed in bytes, LRU-ish
+//! TinyLFU eviction).
+//!
+//! Keys: `route + path + query`, then the values of the request headers the upstream named in
+//! `Vary` (kept in a small index per base key). Responses to authenticated requests are stored
+//! under the subject's own key unless the upstream marked them shareable, so one user can
+//! never be served another's private body. Encoded variants (gzip/br/zstd) are stored next to
+//! their identity entry, keyed by the request's `Accept-Encoding`, so a hit never recompresses.
+//!
+//! Concurrent misses for one key are coalesced ([`Cache::join`]): one leader goes upstream,
+//! the others wait for it and then read the cache.
+
+pub mod etag;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderMap, StatusCode, header};
+use moka::sync::Cache as Moka;
+use tokio::sync::watch;
+
+use crate::config::CacheSettings;
+
+/// Upper bound on distinct `Accept-Encoding` values stored per entry; more are compressed on
+/// the fly (clients send few distinct values, attackers many).
+const MAX_ENCODED_VARIANTS_PER_ENTRY: u64 = 8;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Unique per stored entry; ties encoded variants to this exact body.
+    pub id: u64,
+    /// Status.
+    pub status: StatusCode,
+    /// End-to-end response headers (with the ETag, generated if the upstream had none).
+    pub headers: HeaderMap,
+    /// The body as the upstream sent it (identity unless it was already encoded).
+    pub body: Bytes,
+    /// When it was stored or last revalidated.
+    pub stored_at: Instant,
+    /// Freshness lifetime from `stored_at`.
+    pub fresh_for: Duration,
+    /// `Age` the upstream reported when it was stored.
+    pub initial_age: Duration,
+    /// Encoded variants stored so far (bounded by [`MAX_ENCODED_VARIANTS_PER_ENTRY`]).
+    variants: AtomicU64,
+}
+
+impl Entry {
+    /// Builds an entry stored now.
+    pub fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        fresh_for: Duration,
+    ) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let initial_age = headers
+            .remove(header::AGE)
+            .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
+            .map_or(Duration::ZERO, Duration::from_secs);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            status,
+            headers,
+            body,
+            stored_at: Instant::now(),
+            fresh_for,
+            initial_age,
+            variants: AtomicU64::new(0),
+        }
+    }
+
+    /// Still fresh?
+    pub fn is_fresh(&self) -> bool {
+        self.stored_at.elapsed() < self.fresh_for
+    }
+
+    /// The `Age` to send, in whole seconds.
+    pub fn age_secs(&self) -> u64 {
+        (self.initial_age + self.stored_at.elapsed()).as_secs()
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        u32::try_from(self.body.len() + headers + 256).unwrap_or(u32::MAX)
+    }
+}
+
+/// A stored encoded body for one entry and one `Accept-Encoding` value.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The response headers after encoding (`Content-Encoding`, `Vary`).
+    pub headers: HeaderMap,
+    /// The encoded body.
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+enum Value {
+    Entry(Arc<Entry>),
+    Encoded(Arc<Encoded>),
+}
+
+/// The cache. Cheap to share behind an `Arc`.
+pub struct Cache {
+    store: Moka<String, Value>,
+    /// Base key → the request header names its stored variants vary on.
+    vary: Moka<String, Arc<[HeaderName]>>,
+    inflight: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+    max_object_bytes: usize,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("entries", &self.store.entry_count())
+            .field("weighted_bytes", &self.store.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of joining a flight for a key.
+pub enum Flight {
+    /// Nobody was fetching: go upstream; waiters are released when the guard drops.
+    Leader(LeaderGuard),
+    /// Someone was fetching and has finished (or the wait timed out): look again.
+    Waited,
+}
+
+/// Held by the request fetching a key; dropping it (also on cancellation) releases waiters.
+pub struct LeaderGuard {
+    key: String,
+    inflight: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        let mut map = match self.inflight.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.remove(&self.key);
+        // `_done` drops after this, waking every receiver.
+    }
+}
+
+fn encoded_key(entry: &Entry, accept_encoding: &[u8]) -> String {
+    format!(
+        "z\0{}\0{}",
+        entry.id,
+        String::from_utf8_lossy(accept_encoding)
+    )
+}
+
+impl Cache {
+    /// An empty cache with the configured budget.
+    pub fn new(settings: &CacheSettings) -> Self {
+        let store = Moka::builder()
+            .max_capacity(settings.max_bytes)
+            .weigher(|key: &String, value: &Value| {
+                let v = match value {
+                    Value::Entry(e) => e.weight(),
+                    Value::Encoded(e) => u32::try_from(e.body.len() + 512).unwrap_or(u32::MAX),
+                };
+                v.saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
+            })
+            .build();
+        Self {
+            store,
+            vary: Moka::new(100_000),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            max_object_bytes: settings.max_object_bytes,
+        }
+    }
+
+    /// Largest body that may be stored.
+    pub fn max_object_bytes(&self) -> usize {
+        self.max_object_bytes
+    }
+
+    fn full_key(base: &str, names: &[HeaderName], request: &HeaderMap) -> String {
+        let mut key = String::with_capacity(base.len() + 64);
+        key.push_str("e\0");
+        key.push_str(base);
+        for name in names {
+            key.push('\0');
+            key.push_str(name.as_str());
+            key.push('=');
+            // Several fields are combined as a list; whitespace around commas is not
+            // significant (RFC 9111 §4.1 normalisation).
+            let values: Vec<String> = request
+                .get_all(name)
+                .iter()
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            key.push_str(&values.join(","));
+        }
+        key
+    }
+
+    /// The stored entry for `base` matching `request`'s varying headers, fresh or not.
+    pub fn lookup(&self, base: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+        let names = self.vary.get(base)?;
+        match self.store.get(&Self::full_key(base, &names, request))? {
+            Value::Entry(e) => Some(e),
+            Value::Encoded(_) => None,
+        }
+    }
+
+    /// Stores `entry` under `base`, varying on `vary` (request header names).
+    pub fn store(
+        &self,
+        base: &str,
+        vary: Vec<HeaderName>,
+        request: &HeaderMap,
+        entry: Entry,
+    ) -> Arc<Entry> {
+        let entry = Arc::new(entry);
+        if entry.body.len() > self.max_object_bytes {
+            return entry;
+        }
+        let names: Arc<[HeaderName]> = vary.into();
+        let key = Self::full_key(base, &names, request);
+        self.vary.insert(base.to_owned(), names);
+        self.store.insert(key, Value::Entry(entry.clone()));
+        entry
+    }
+
+    /// Removes every variant reachable from `base` for this request shape (used when an
+    /// upstream revalidation says the entry is gone).
+    pub fn remove(&self, base: &str, request: &HeaderMap) {
+        if let Some(names) = self.vary.get(base) {
+            self.store
+                .invalidate(&Self::full_key(base, &names, request));
+        }
+    }
+
+    /// The stored encoding of `entry` for this `Accept-Encoding`, if any.
+    pub fn encoded(&self, entry: &Entry, accept_encoding: &[u8]) -> Option<Arc<Encoded>> {
+        match self.store.get(&encoded_key(entry, accept_encoding))? {
+            Value::Encoded(e) => Some(e),
+            Value::Entry(_) => None,
+        }
+    }
+
+    /// Stores an encoding of `entry`, unless the entry has too many already.
+    pub fn put_encoded(&self, entry: &Entry, accept_encoding: &[u8], encoded: Arc<Encoded>) {
+        if entry.variants.fetch_add(1, Ordering::Relaxed) < MAX_ENCODED_VARIANTS_PER_ENTRY {
+            self.store
+                .insert(encoded_key(entry, accept_encoding), Value::Encoded(encoded));
+        }
+    }
+
+    /// Joins the flight for `key`: the first caller leads, later ones wait (at most `max_wait`)
+    /// for the leader to finish.
+    pub async fn join(&self, key: &str, max_wait: Duration) -> Flight {
+        let mut rx = {
+            let mut map = match self.inflight.lock() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match map.get(key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(());
+                    map.insert(key.to_owned(), rx);
+                    return Flight::Leader(LeaderGuard {
+                        key: key.to_owned(),
+                        inflight: self.inflight.clone(),
+                        _done: tx,
+                    });
+                }
+            }
+        };
+        // Resolves with Err when the leader's sender drops: that is the signal.
+        let _ = tokio::time::timeout(max_wait, rx.changed()).await;
+        Flight::Waited
+    }
+}
+
+/// The request header names in a response's `Vary`, lower-cased, deduplicated, sorted;
+/// `Accept-Encoding` is dropped when `except_accept_encoding` (the gateway encodes itself).
+pub fn vary_names(response: &HeaderMap, except_accept_encoding: bool) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = response
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
+        .filter(|n| !(except_accept_encoding && *n == header::ACCEPT_ENCODING))
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn settings() -> CacheSettings {
+        CacheSettings {
+            max_bytes: 1 << 20,
+            max_object_bytes: 1024,
+        }
+    }
+
+    fn req(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn entry(body: &'static [u8]) -> Entry {
+        Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(body),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn vary_keys_separate_variants_and_normalise_lists() {
+        let c = Cache::new(&settings());
+        let names = vec![HeaderName::from_static("accept-language")];
+        c.store(
+            "b",
+            names.clone(),
+            &req(&[("accept-language", "en, fr")]),
+            entry(b"en"),
+        );
+        c.store("b", names, &req(&[("accept-language", "de")]), entry(b"de"));
+        assert_eq!(
+            c.lookup("b", &req(&[("accept-language", "en,fr")]))
+                .unwrap()
+                .body,
+            "en"
+        );
+        assert_eq!(
+            c.lookup("b", &req(&[("accept-language", "  en ,, fr")]))
+                .unwrap()
+                .body,
+            "en"
+        );
+        assert_eq!(
+            c.lookup("b", &req(&[("accept-language", "de")]))
+                .unwrap()
+                .body,
+            "de"
+        );
+        assert!(c.lookup("b", &req(&[])).is_none());
+        assert!(c.lookup("other", &req(&[])).is_none());
+    }
+
+    #[test]
+    fn oversized_bodies_are_not_stored() {
+        let c = Cache::new(&settings());
+        let big: &'static [u8] = Box::leak(vec![0u8; 2048].into_boxed_slice());
+        c.store("b", vec![], &req(&[]), entry(big));
+        assert!(c.lookup("b", &req(&[])).is_none());
+    }
+
+    #[test]
+    fn the_budget_bounds_memory() {
+        let c = Cache::new(&CacheSettings {
+            max_bytes: 64 * 1024,
+            max_object_bytes: 1024,
+        });
+        let body: &'static [u8] = Box::leak(vec![7u8; 1000].into_boxed_slice());
+        for i in 0..1000 {
+            c.store(&format!("k{i}"), vec![], &req(&[]), entry(body));
+        }
+        c.store.run_pending_tasks();
+        assert!(
+            c.store.weighted_size() <= 64 * 1024,
+            "{}",
+            c.store.weighted_size()
+        );
+    }
+
+    #[test]
+    fn vary_names_are_normalised() {
+        let h = req(&[
+            ("vary", "Accept-Encoding, accept-language"),
+            ("vary", "Accept-Language,,X-Tenant"),
+        ]);
+        let names: Vec<String> = vary_names(&h, true).iter().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["accept-language", "x-tenant"]);
+        assert_eq!(vary_names(&h, false).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_have_one_leader() {
+        let c = Arc::new(Cache::new(&settings()));
+        let Flight::Leader(guard) = c.join("k", Duration::from_secs(5)).await else {
+            panic!("first caller leads");
+        };
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                matches!(c.join("k", Duration::from_secs(5)).await, Flight::Waited)
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(guard);
+        assert!(waiter.await.unwrap());
+        assert!(matches!(
+            c.join("k", Duration::from_secs(5)).await,
+            Flight::Leader(_)
+        ));
+    }
+}

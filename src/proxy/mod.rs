@@ -1,0 +1,190 @@
+//! Upstream HTTP: load-balanced targets with passive health, pooled keep-alive connections,
+//! and the header rules for what crosses the proxy in each direction.
+//!
+//! A request goes to the next healthy target round-robin. A target that refuses or times out
+//! the TCP connect is skipped for `fail_timeout` and the request moves on to the next target
+//! (safe: nothing was sent). Once something was sent, no retry here: the caller maps the error
+//! to 502, and the whole exchange is bounded by the upstream `timeout` (→ 504).
+
+mod headers;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub use headers::{
+    ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
+};
+
+use crate::config::UpstreamConfig;
+
+/// How long an idle pooled connection to a target is kept. Below typical upstream keep-alive
+/// timeouts would be ideal, but the client also retries a request whose pooled connection was
+/// closed before it was written, so a race costs no error.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request to an upstream failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No target accepted a connection.
+    #[error("no upstream target accepted a connection")]
+    Unreachable,
+    /// A target accepted the request but the exchange failed (reset, malformed response).
+    #[error("the upstream exchange failed")]
+    Failed,
+}
+
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// Milliseconds since `Upstreams::epoch` until which this target is skipped.
+    down_until_ms: AtomicU64,
+}
+
+/// One `[upstreams.NAME]`: its targets and its own connection pool.
+pub struct Upstream {
+    name: String,
+    targets: Vec<Target>,
+    next: AtomicUsize,
+    timeout: Duration,
+    fail_timeout: Duration,
+    client: Client<HttpConnector, Body>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("targets", &self.targets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// All configured upstreams, by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    by_name: HashMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Builds clients for every upstream. Targets were validated as `http://host:port`.
+    pub fn new(config: &std::collections::BTreeMap<String, UpstreamConfig>) -> Self {
+        let epoch = Instant::now();
+        let by_name = config
+            .iter()
+            .map(|(name, cfg)| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(cfg.connect_timeout));
+                connector.set_nodelay(true);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .build(connector);
+                let targets = cfg
+                    .targets
+                    .iter()
+                    .filter_map(|t| t.parse::<Uri>().ok())
+                    .filter_map(|u| {
+                        let parts = u.into_parts();
+                        Some(Target {
+                            scheme: parts.scheme?,
+                            authority: parts.authority?,
+                            down_until_ms: AtomicU64::new(0),
+                        })
+                    })
+                    .collect();
+                let upstream = Upstream {
+                    name: name.clone(),
+                    targets,
+                    next: AtomicUsize::new(0),
+                    timeout: cfg.timeout,
+                    fail_timeout: cfg.fail_timeout,
+                    client,
+                    epoch,
+                };
+                (name.clone(), Arc::new(upstream))
+            })
+            .collect();
+        Self { by_name }
+    }
+
+    /// The upstream called `name`, if configured.
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.by_name.get(name).cloned()
+    }
+}
+
+impl Upstream {
+    /// The whole-exchange timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Target indexes to try, in order: healthy ones round-robin, then the ones marked down
+    /// (soonest to recover first), so an upstream whose every target failed recently is still
+    /// tried rather than refused outright.
+    fn order(&self) -> Vec<usize> {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let (mut healthy, mut down): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|k| (start + k) % n)
+            .partition(|&i| self.targets[i].down_until_ms.load(Ordering::Relaxed) <= now);
+        down.sort_by_key(|&i| self.targets[i].down_until_ms.load(Ordering::Relaxed));
+        healthy.append(&mut down);
+        healthy
+    }
+
+    /// Sends `method path_and_query` with `headers` (already filtered) to a target.
+    pub async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        headers: &HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        for i in self.order() {
+            let target = &self.targets[i];
+            let uri = Uri::builder()
+                .scheme(target.scheme.clone())
+                .authority(target.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|_| UpstreamError::Failed)?;
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .body(Body::empty())
+                .map_err(|_| UpstreamError::Failed)?;
+            *request.headers_mut() = headers.clone();
+            match self.client.request(request).await {
+                Ok(response) => {
+                    target.down_until_ms.store(0, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() => {
+                    let until = self.now_ms() + self.fail_timeout.as_millis() as u64;
+                    target.down_until_ms.store(until, Ordering::Relaxed);
+                    tracing::warn!(upstream = %self.name, target = %target.authority, "Upstream target failed to connect; skipping it for a while.");
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %e, "Upstream exchange failed.");
+                    return Err(UpstreamError::Failed);
+                }
+            }
+        }
+        Err(UpstreamError::Unreachable)
+    }
+}
