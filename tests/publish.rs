@@ -655,3 +655,61 @@ publish = {{ exchange = "", routing_key = "jobs" }}
     assert_eq!(body["type"], "urn:amqp-gateway:problem:broker-unavailable");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_accepted_write_invalidates_the_cached_read_of_that_path() {
+    let url = amqp_url();
+    let origin = support::Origin::start("o").await;
+    let exchange = unique_name("inv");
+    let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
+    let config = format!(
+        r#"{base}
+[[amqp.exchanges]]
+name = "{exchange}"
+type = "topic"
+
+[upstreams.users]
+targets = ["{origin}"]
+
+[[routes]]
+name = "get-user"
+path = "/users/{{id}}"
+methods = ["GET"]
+auth = "public"
+upstream = "users"
+cache = {{ ttl = "60s" }}
+
+[[routes]]
+name = "put-user"
+path = "/users/{{id}}"
+methods = ["PUT"]
+auth = "public"
+publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
+"#,
+        base = base_config(&url),
+        origin = origin.url,
+    );
+    let gw = TestGateway::start(&config).await;
+    let client = reqwest::Client::new();
+    let x_cache = |r: &reqwest::Response| r.headers()["x-cache"].to_str().unwrap().to_owned();
+    let r = client.get(gw.at("/users/1")).send().await.unwrap();
+    assert_eq!(x_cache(&r), "MISS");
+    let r = client.get(gw.at("/users/1")).send().await.unwrap();
+    assert_eq!(x_cache(&r), "HIT");
+    let other = client.get(gw.at("/users/2")).send().await.unwrap();
+    assert_eq!(x_cache(&other), "MISS");
+    let w = client
+        .put(gw.at("/users/1"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(w.status(), StatusCode::ACCEPTED);
+    q.expect(WAIT, "the write").await;
+    let r = client.get(gw.at("/users/1")).send().await.unwrap();
+    assert_eq!(x_cache(&r), "MISS", "the write invalidated /users/1");
+    let r = client.get(gw.at("/users/2")).send().await.unwrap();
+    assert_eq!(x_cache(&r), "HIT", "other paths keep their entries");
+    assert_eq!(origin.hits("/users/1"), 2);
+}

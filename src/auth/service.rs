@@ -105,3 +105,138 @@ fn strip_identity_headers(headers: &mut HeaderMap) {
         headers.remove(name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::*;
+    use crate::auth::{Authenticator, Identity, RequireAuthLayer};
+    use crate::config::{AuthConfig, AuthPolicy, PolicyMatch};
+
+    const SECRET: &str = "layer-test-secret-layer-test-secret-0123";
+
+    async fn authenticator() -> Authenticator {
+        let config: AuthConfig = toml::from_str(&format!(
+            "issuer = \"iss\"\naudience = \"aud\"\n[[keys]]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
+        ))
+        .unwrap();
+        Authenticator::start(&config).await.unwrap()
+    }
+
+    fn token(roles: &[&str]) -> String {
+        let claims = json!({
+            "sub": "alice", "iss": "iss", "aud": "aud", "roles": roles,
+            "exp": jsonwebtoken::get_current_timestamp() + 60,
+        });
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// Echoes what the handler saw: the identity's subject and any `x-auth-*` header.
+    async fn echo(request: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let subject = request
+            .extensions()
+            .get::<Identity>()
+            .map_or("-".to_owned(), |i| i.subject.clone());
+        let forged = request.headers().contains_key("x-auth-sub");
+        Ok(Response::new(Body::from(format!("{subject} {forged}"))))
+    }
+
+    async fn call(layer: RequireAuthLayer, request: Request<Body>) -> (u16, String, String) {
+        let response = ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(echo))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (
+            status,
+            challenge,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    fn request(auth: Option<&str>) -> Request<Body> {
+        let mut builder = Request::post("/x").header("x-auth-sub", "forged");
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    fn admin_only() -> AuthPolicy {
+        AuthPolicy {
+            roles: vec!["admin".into()],
+            scopes: vec![],
+            mode: PolicyMatch::Any,
+        }
+    }
+
+    #[tokio::test]
+    async fn public_routes_pass_without_identity_and_lose_forged_headers() {
+        let (status, _, body) = call(RequireAuthLayer::public(), request(None)).await;
+        assert_eq!((status, body.as_str()), (200, "- false"));
+    }
+
+    #[tokio::test]
+    async fn protected_routes_insert_the_identity() {
+        let layer = RequireAuthLayer::required(authenticator().await, admin_only());
+        let bearer = format!("Bearer {}", token(&["admin"]));
+        let (status, _, body) = call(layer, request(Some(&bearer))).await;
+        assert_eq!((status, body.as_str()), (200, "alice false"));
+    }
+
+    #[tokio::test]
+    async fn rejections_never_reach_the_handler() {
+        let layer = RequireAuthLayer::required(authenticator().await, admin_only());
+        let (status, challenge, body) = call(layer.clone(), request(None)).await;
+        assert_eq!((status, challenge.as_str()), (401, "Bearer"));
+        assert!(
+            body.contains("urn:amqp-gateway:problem:unauthorized"),
+            "{body}"
+        );
+
+        let bad = format!("Bearer {}x", token(&["admin"]));
+        let (status, challenge, body) = call(layer.clone(), request(Some(&bad))).await;
+        assert_eq!(
+            (status, challenge.as_str()),
+            (401, "Bearer error=\"invalid_token\"")
+        );
+        assert!(!body.contains(&bad[7..]), "the token must not be echoed");
+
+        let user = format!("Bearer {}", token(&["user"]));
+        let (status, challenge, _) = call(layer, request(Some(&user))).await;
+        assert_eq!(
+            (status, challenge.as_str()),
+            (403, "Bearer error=\"insufficient_scope\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_protected_route_without_authenticator_fails_closed() {
+        let layer = RequireAuthLayer::for_route(
+            &crate::config::RouteAuth::Required(AuthPolicy::default()),
+            None,
+        );
+        let bearer = format!("Bearer {}", token(&[]));
+        let (status, _, _) = call(layer, request(Some(&bearer))).await;
+        assert_eq!(status, 500);
+    }
+}

@@ -53,6 +53,8 @@ pub struct Entry {
     pub initial_age: Duration,
     /// Encoded variants stored so far (bounded by [`MAX_ENCODED_VARIANTS_PER_ENTRY`]).
     variants: AtomicU64,
+    /// The request path's invalidation generation when stored (see [`Cache::invalidate_path`]).
+    generation: AtomicU64,
 }
 
 impl Entry {
@@ -77,6 +79,7 @@ impl Entry {
             fresh_for,
             initial_age,
             variants: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -121,6 +124,9 @@ pub struct Cache {
     /// Base key → the request header names its stored variants vary on.
     vary: Moka<String, Arc<[HeaderName]>>,
     inflight: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+    /// Request path → generation, bumped by an accepted write to that path.
+    generations: Moka<String, u64>,
+    next_generation: AtomicU64,
     max_object_bytes: usize,
 }
 
@@ -184,6 +190,8 @@ impl Cache {
             store,
             vary: Moka::new(100_000),
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            generations: Moka::new(100_000),
+            next_generation: AtomicU64::new(1),
             max_object_bytes: settings.max_object_bytes,
         }
     }
@@ -220,23 +228,43 @@ impl Cache {
         key
     }
 
-    /// The stored entry for `base` matching `request`'s varying headers, fresh or not.
-    pub fn lookup(&self, base: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
+    fn generation(&self, path: &str) -> u64 {
+        self.generations.get(path).unwrap_or(0)
+    }
+
+    /// Makes every stored response for request `path` (any route, query or variant) unusable:
+    /// RFC 9111 §4.4, called after an accepted write to that path. O(1): entries remember the
+    /// path's generation when stored, and a lookup ignores entries from older generations.
+    pub fn invalidate_path(&self, path: &str) {
+        let next = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        self.generations.insert(path.to_owned(), next);
+    }
+
+    /// The stored entry for `base` matching `request`'s varying headers, fresh or not, unless
+    /// request `path` was invalidated since it was stored.
+    pub fn lookup(&self, base: &str, path: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
         let names = self.vary.get(base)?;
         match self.store.get(&Self::full_key(base, &names, request))? {
-            Value::Entry(e) => Some(e),
-            Value::Encoded(_) => None,
+            Value::Entry(e) if e.generation.load(Ordering::Relaxed) == self.generation(path) => {
+                Some(e)
+            }
+            _ => None,
         }
     }
 
-    /// Stores `entry` under `base`, varying on `vary` (request header names).
+    /// Stores `entry` under `base` (for request `path`), varying on `vary` (request header
+    /// names).
     pub fn store(
         &self,
         base: &str,
+        path: &str,
         vary: Vec<HeaderName>,
         request: &HeaderMap,
         entry: Entry,
     ) -> Arc<Entry> {
+        entry
+            .generation
+            .store(self.generation(path), Ordering::Relaxed);
         let entry = Arc::new(entry);
         if entry.body.len() > self.max_object_bytes {
             return entry;
@@ -353,39 +381,58 @@ mod tests {
         let names = vec![HeaderName::from_static("accept-language")];
         c.store(
             "b",
+            "/p",
             names.clone(),
             &req(&[("accept-language", "en, fr")]),
             entry(b"en"),
         );
-        c.store("b", names, &req(&[("accept-language", "de")]), entry(b"de"));
+        c.store(
+            "b",
+            "/p",
+            names,
+            &req(&[("accept-language", "de")]),
+            entry(b"de"),
+        );
         assert_eq!(
-            c.lookup("b", &req(&[("accept-language", "en,fr")]))
+            c.lookup("b", "/p", &req(&[("accept-language", "en,fr")]))
                 .unwrap()
                 .body,
             "en"
         );
         assert_eq!(
-            c.lookup("b", &req(&[("accept-language", "  en ,, fr")]))
+            c.lookup("b", "/p", &req(&[("accept-language", "  en ,, fr")]))
                 .unwrap()
                 .body,
             "en"
         );
         assert_eq!(
-            c.lookup("b", &req(&[("accept-language", "de")]))
+            c.lookup("b", "/p", &req(&[("accept-language", "de")]))
                 .unwrap()
                 .body,
             "de"
         );
-        assert!(c.lookup("b", &req(&[])).is_none());
-        assert!(c.lookup("other", &req(&[])).is_none());
+        assert!(c.lookup("b", "/p", &req(&[])).is_none());
+        assert!(c.lookup("other", "/p", &req(&[])).is_none());
+    }
+
+    #[test]
+    fn invalidating_a_path_hides_its_entries_only() {
+        let c = Cache::new(&settings());
+        c.store("a", "/users/1", vec![], &req(&[]), entry(b"1"));
+        c.store("b", "/users/2", vec![], &req(&[]), entry(b"2"));
+        c.invalidate_path("/users/1");
+        assert!(c.lookup("a", "/users/1", &req(&[])).is_none());
+        assert!(c.lookup("b", "/users/2", &req(&[])).is_some());
+        c.store("a", "/users/1", vec![], &req(&[]), entry(b"1b"));
+        assert_eq!(c.lookup("a", "/users/1", &req(&[])).unwrap().body, "1b");
     }
 
     #[test]
     fn oversized_bodies_are_not_stored() {
         let c = Cache::new(&settings());
         let big: &'static [u8] = Box::leak(vec![0u8; 2048].into_boxed_slice());
-        c.store("b", vec![], &req(&[]), entry(big));
-        assert!(c.lookup("b", &req(&[])).is_none());
+        c.store("b", "/p", vec![], &req(&[]), entry(big));
+        assert!(c.lookup("b", "/p", &req(&[])).is_none());
     }
 
     #[test]
@@ -396,7 +443,7 @@ mod tests {
         });
         let body: &'static [u8] = Box::leak(vec![7u8; 1000].into_boxed_slice());
         for i in 0..1000 {
-            c.store(&format!("k{i}"), vec![], &req(&[]), entry(body));
+            c.store(&format!("k{i}"), "/p", vec![], &req(&[]), entry(body));
         }
         c.store.run_pending_tasks();
         assert!(

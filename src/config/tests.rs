@@ -368,7 +368,7 @@ fn auth_rules() {
     let auth = |keys: &str, extra: &str| {
         format!("[auth]\nissuer = \"i\"\naudience = \"a\"\n{extra}\n{keys}\n")
     };
-    let hs = "[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"s\"";
+    let hs = "[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"";
     let cases: Vec<(String, &[&str])> = vec![
         (auth("", ""), &["auth.keys", "at least one"]),
         (auth(hs, "leeway = \"2m\""), &["auth.leeway"]),
@@ -386,6 +386,289 @@ fn auth_rules() {
         let text = BASE.replacen("[[routes]]", &format!("{extra}\n[[routes]]"), 1);
         assert_has(&load(&text).unwrap_err().to_string(), parts);
     }
+}
+
+/// `[auth]` and a protected route on top of BASE.
+fn with_auth(auth: &str, route: &str) -> String {
+    BASE.replacen("[[routes]]", &format!("{auth}\n[[routes]]"), 1) + "\n" + route
+}
+
+const SECRET32: &str = "0123456789abcdef0123456789abcdef";
+
+fn auth_section(keys: &str, extra: &str) -> String {
+    format!("[auth]\nissuer = \"i\"\naudience = \"a\"\n{extra}\n{keys}\n")
+}
+
+fn hs_key(extra: &str) -> String {
+    format!("[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"{SECRET32}\"\n{extra}\n")
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/keys")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn protected_routes_load_with_their_policy() {
+    let route = "[[routes]]\nname = \"ban\"\npath = \"/ban/{id}\"\nmethods = [\"POST\"]\nauth = { roles = [\"admin\"], scopes = [\"users:ban\"], match = \"all\" }\npublish = { exchange = \"users\", routing_key = \"user.{id}.banned\" }\n";
+    let c = load(&with_auth(
+        &auth_section(&hs_key("kid = \"k1\""), ""),
+        route,
+    ))
+    .unwrap();
+    let auth = c.auth.as_ref().unwrap();
+    assert_eq!(auth.jwks_refresh, Duration::from_secs(300));
+    assert_eq!(auth.jwks_cooldown, Duration::from_secs(30));
+    assert_eq!(auth.jwks_timeout, Duration::from_secs(5));
+    assert_eq!(auth.token_cache_size, 10_000);
+    assert_eq!(auth.token_cache_ttl, Duration::from_secs(60));
+    assert_eq!(
+        c.routes[1].auth,
+        RouteAuth::Required(AuthPolicy {
+            roles: vec!["admin".into()],
+            scopes: vec!["users:ban".into()],
+            mode: PolicyMatch::All,
+        })
+    );
+    // `authenticated` and an omitted `auth` are both "any valid token".
+    let plain = "[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"POST\"]\nauth = \"authenticated\"\npublish = { exchange = \"users\", routing_key = \"k\" }\n";
+    let c = load(&with_auth(&auth_section(&hs_key(""), ""), plain)).unwrap();
+    assert_eq!(c.routes[1].auth, RouteAuth::Required(AuthPolicy::default()));
+}
+
+#[test]
+fn key_rules() {
+    let key = |body: &str| format!("[[auth.keys]]\n{body}\n");
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            key(&format!("algorithm = \"none\"\nsecret = \"{SECRET32}\"")),
+            &["auth.keys[0].algorithm", "unsupported"],
+        ),
+        (
+            key("algorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcde\""),
+            &["auth.keys[0].secret", "32 bytes"],
+        ),
+        (
+            key(&format!("algorithm = \"HS512\"\nsecret = \"{SECRET32}\"")),
+            &["auth.keys[0].secret", "64 bytes"],
+        ),
+        (
+            key("algorithm = \"RS256\"\npublic_key_pem = \"/nonexistent/key.pem\""),
+            &["auth.keys[0].public_key_pem", "cannot read"],
+        ),
+        (
+            key(&format!(
+                "algorithm = \"RS256\"\npublic_key_pem = \"{}\"",
+                fixture("ec256.pub.pem")
+            )),
+            &["auth.keys[0].public_key_pem", "not a usable RS256"],
+        ),
+        (
+            key(&format!(
+                "algorithm = \"ES256\"\npublic_key_pem = \"{}\"",
+                fixture("ec384.pub.pem")
+            )),
+            &["auth.keys[0].public_key_pem", "curve"],
+        ),
+        (
+            key(&format!(
+                "algorithm = \"RS256\"\njwks_file = \"{}\"",
+                fixture("rsa1.pub.pem")
+            )),
+            &["auth.keys[0].jwks_file", "not a JWKS"],
+        ),
+        (
+            key("algorithm = \"RS256\"\njwks_url = \"https://issuer.example/jwks\""),
+            &["auth.keys[0].jwks_url", "http://"],
+        ),
+        (
+            key("algorithm = \"RS256\"\nkid = \"k\"\njwks_url = \"http://127.0.0.1:1/jwks\""),
+            &["auth.keys[0].kid", "not allowed"],
+        ),
+        (
+            key("algorithm = \"HS256\"\njwks_url = \"http://127.0.0.1:1/jwks\""),
+            &["auth.keys[0].algorithm", "never HMAC from a JWKS"],
+        ),
+        (
+            format!("{}{}", hs_key("kid = \"k\""), hs_key("kid = \"k\"")),
+            &["auth.keys[1].kid", "used twice"],
+        ),
+    ];
+    for (keys, parts) in &cases {
+        let text = BASE.replacen(
+            "[[routes]]",
+            &format!("{}\n[[routes]]", auth_section(keys, "")),
+            1,
+        );
+        assert_has(&load(&text).unwrap_err().to_string(), parts);
+    }
+}
+
+#[test]
+fn auth_setting_rules() {
+    let cases: Vec<(&str, &[&str])> = vec![
+        (
+            "propagate_claims = { sub = \"sub\" }",
+            &["auth.propagate_claims.sub", "not `sub`"],
+        ),
+        (
+            "propagate_claims = { Email = \"email\" }",
+            &["auth.propagate_claims.Email"],
+        ),
+        (
+            "propagate_claims = { email = \"a..b\" }",
+            &["auth.propagate_claims.email", "dotted"],
+        ),
+        ("jwks_refresh = \"500ms\"", &["auth.jwks_refresh"]),
+        ("jwks_cooldown = \"0s\"", &["auth.jwks_cooldown"]),
+        ("jwks_timeout = \"0s\"", &["auth.jwks_timeout"]),
+        (
+            "jwks_refresh = \"10m\"\njwks_max_stale = \"5m\"",
+            &["auth.jwks_max_stale"],
+        ),
+        ("token_cache_ttl = \"2h\"", &["auth.token_cache_ttl"]),
+    ];
+    for (extra, parts) in &cases {
+        let text = BASE.replacen(
+            "[[routes]]",
+            &format!("{}\n[[routes]]", auth_section(&hs_key(""), extra)),
+            1,
+        );
+        assert_has(&load(&text).unwrap_err().to_string(), parts);
+    }
+    let empty_issuer = auth_section(&hs_key(""), "").replace("issuer = \"i\"", "issuer = \"\"");
+    let text = BASE.replacen("[[routes]]", &format!("{empty_issuer}\n[[routes]]"), 1);
+    assert_has(&load(&text).unwrap_err().to_string(), &["auth.issuer"]);
+}
+
+#[test]
+fn route_policy_rules() {
+    let route = |auth: &str| {
+        format!(
+            "[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"POST\"]\nauth = {auth}\npublish = {{ exchange = \"users\", routing_key = \"k\" }}\n"
+        )
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        (route("{ roles = [\"\"] }"), &["routes[1].auth", "role"]),
+        (
+            route("{ scopes = [\"a b\"] }"),
+            &["routes[1].auth", "scope"],
+        ),
+        (route("{ scopes = ['a\"b'] }"), &["routes[1].auth", "scope"]),
+        (
+            route("{ roles = [\"x\"], match = \"some\" }"),
+            &["routes[1].auth"],
+        ),
+    ];
+    for (extra, parts) in &cases {
+        let text = with_auth(&auth_section(&hs_key(""), ""), extra);
+        assert_has(&load(&text).unwrap_err().to_string(), parts);
+    }
+    // Identity headers are the gateway's: a static route header cannot claim one.
+    assert_has(
+        &route_error(&publish_route(
+            "exchange = \"users\", routing_key = \"k\", headers = { \"X-Auth-Email\" = \"x\" }",
+        )),
+        &["routes[1].publish.headers", "set by the gateway"],
+    );
+}
+
+#[test]
+fn cors_rules() {
+    let global =
+        |body: &str| BASE.replacen("[[routes]]", &format!("[cors]\n{body}\n[[routes]]"), 1);
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            global("allowed_origins = []"),
+            &["cors.allowed_origins", "at least one"],
+        ),
+        (
+            global("allowed_origins = [\"*\", \"https://a.example\"]"),
+            &["cors.allowed_origins", "only entry"],
+        ),
+        (
+            global("allowed_origins = [\"*\"]\nallow_credentials = true"),
+            &["cors.allow_credentials"],
+        ),
+        (
+            global("allowed_origins = [\"https://a.example/\"]"),
+            &["cors.allowed_origins", "not an origin"],
+        ),
+        (
+            global("allowed_origins = [\"https://a.example/app\"]"),
+            &["cors.allowed_origins"],
+        ),
+        (
+            global("allowed_origins = [\"ftp://a.example\"]"),
+            &["cors.allowed_origins"],
+        ),
+        (
+            global("allowed_origins = [\"https://a.example\"]\nallowed_headers = [\"bad header\"]"),
+            &["cors.allowed_headers"],
+        ),
+        (
+            global("allowed_origins = [\"https://a.example\"]\nexposed_headers = [\"*\"]"),
+            &["cors.exposed_headers", "wildcards"],
+        ),
+        (
+            global("allowed_origins = [\"https://a.example\"]\nmax_age = \"2days\""),
+            &["cors.max_age"],
+        ),
+    ];
+    for (text, parts) in &cases {
+        assert_has(&load(text).unwrap_err().to_string(), parts);
+    }
+    // A route asking for the global CORS when there is none.
+    let route = |cors: &str, path: &str, method: &str| {
+        format!(
+            "[[routes]]\nname = \"r{method}{}\"\npath = \"{path}\"\nmethods = [\"{method}\"]\nauth = \"public\"\ncors = {cors}\npublish = {{ exchange = \"users\", routing_key = \"k\" }}\n",
+            path.replace(['/', '{', '}'], "")
+        )
+    };
+    assert_has(
+        &route_error(&route("true", "/c", "POST")),
+        &["routes[1].cors", "[cors]"],
+    );
+    assert_has(
+        &route_error(&route("{ allowed_origins = [] }", "/c", "POST")),
+        &["routes[1].cors.allowed_origins"],
+    );
+    // Routes on one path share CORS: DELETE on BASE's /users/{id} may not differ.
+    assert_has(
+        &route_error(&route(
+            "{ allowed_origins = [\"https://a.example\"] }",
+            "/users/{id}",
+            "DELETE",
+        )),
+        &["routes[1].cors", "share CORS"],
+    );
+    // Global default, `false`, and a table override.
+    let text = global("allowed_origins = [\"https://app.example\"]")
+        + "\n"
+        + &route("false", "/c", "POST")
+        + "\n"
+        + &route(
+            "{ allowed_origins = [\"https://other.example\"], max_age = \"1m\" }",
+            "/d",
+            "POST",
+        );
+    let c = load(&text).unwrap();
+    assert_eq!(
+        c.routes[0].cors.as_ref().unwrap().allowed_origins,
+        ["https://app.example"]
+    );
+    assert_eq!(
+        c.routes[0].cors.as_ref().unwrap().max_age,
+        Duration::from_secs(600)
+    );
+    assert!(c.routes[1].cors.is_none());
+    assert_eq!(
+        c.routes[2].cors.as_ref().unwrap().max_age,
+        Duration::from_secs(60)
+    );
 }
 
 #[test]

@@ -123,6 +123,11 @@ pub async fn handle(
         .publish(&event)
         .await
         .map_err(|e| publish_error(e, &state, &route.name, &event_id_text))?;
+    if let Some(cache) = &state.cache {
+        // RFC 9111 §4.4: an accepted unsafe request invalidates what this instance stored for
+        // the same path. Other instances' copies age out within their freshness lifetime.
+        cache.invalidate_path(parts.uri.path());
+    }
 
     let location = target
         .location

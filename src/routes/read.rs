@@ -288,12 +288,22 @@ impl Call<'_> {
         }
     }
 
-    /// The cache key base for this request: shared, or the subject's own.
+    /// The cache key base for this request (route + path + query): shared, or the
+    /// subject's own.
     fn base_key(&self, subject: Option<&str>) -> String {
+        let target = self
+            .parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
         match subject {
-            None => format!("s\0{}\0{}", self.route.name, self.path_and_query),
-            Some(sub) => format!("u\0{sub}\0{}\0{}", self.route.name, self.path_and_query),
+            None => format!("s\0{}\0{target}", self.route.name),
+            Some(sub) => format!("u\0{sub}\0{}\0{target}", self.route.name),
         }
+    }
+
+    fn path(&self) -> &str {
+        self.parts.uri.path()
     }
 
     /// The subject private entries are keyed by, when the request is authenticated.
@@ -316,12 +326,14 @@ impl Call<'_> {
         let private = subject.as_deref().map(|s| self.base_key(Some(s)));
         let lookup = || {
             cache
-                .lookup(&shared, &self.parts.headers)
+                .lookup(&shared, self.path(), &self.parts.headers)
                 .map(|e| (shared.as_str(), e))
                 .or_else(|| {
-                    private
-                        .as_deref()
-                        .and_then(|p| cache.lookup(p, &self.parts.headers).map(|e| (p, e)))
+                    private.as_deref().and_then(|p| {
+                        cache
+                            .lookup(p, self.path(), &self.parts.headers)
+                            .map(|e| (p, e))
+                    })
                 })
         };
         let mut flight = None;
@@ -395,6 +407,7 @@ impl Call<'_> {
         let vary = cache::vary_names(&headers, identity);
         let entry = cache.store(
             &base,
+            self.path(),
             vary,
             &self.parts.headers,
             Entry::new(parts.status, headers, bytes, decision.fresh_for),
@@ -440,6 +453,7 @@ impl Call<'_> {
         let vary = cache::vary_names(&headers, !headers.contains_key(header::CONTENT_ENCODING));
         let refreshed = cache.store(
             base,
+            self.path(),
             vary,
             &self.parts.headers,
             Entry::new(entry.status, headers, entry.body.clone(), fresh_for),
@@ -476,6 +490,7 @@ impl Call<'_> {
                     cache::vary_names(&headers, !headers.contains_key(header::CONTENT_ENCODING));
                 let entry = cache.store(
                     &base,
+                    self.path(),
                     vary,
                     &self.parts.headers,
                     Entry::new(parts.status, headers, bytes, decision.fresh_for),
