@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, default_value = "topic", value_parser = ["topic", "direct", "fanout", "headers"])]
     exchange_type: String,
     /// Binding key; repeat for several (topic wildcards: `*` one word, `#` zero or more).
-    #[arg(long = "binding", default_value = "#")]
+    #[arg(long = "binding", value_name = "KEY", default_value = "#")]
     bindings: Vec<String>,
     /// Durable queue to declare, bind and consume from.
     #[arg(long, default_value = "demo.users-events")]
@@ -333,25 +333,28 @@ fn say(text: &str) {
     let _ = out.flush();
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; never, if no handler can be installed.
 async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     #[cfg(unix)]
-    {
+    let term = async {
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+                term.recv().await;
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            Err(_) => std::future::pending::<()>().await,
         }
-    }
+    };
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }
 
@@ -478,15 +481,14 @@ fn render_body(s: &mut String, p: &BasicProperties, body: &[u8]) {
             body.iter().find(|b| !b.is_ascii_whitespace()),
             Some(b'{' | b'[')
         );
-    if looks_json {
-        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-            if let Ok(pretty) = serde_json::to_string_pretty(&value) {
-                for line in pretty.lines() {
-                    let _ = writeln!(s, "  {line}");
-                }
-                return;
-            }
+    if looks_json
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(body)
+        && let Ok(pretty) = serde_json::to_string_pretty(&value)
+    {
+        for line in pretty.lines() {
+            let _ = writeln!(s, "  {line}");
         }
+        return;
     }
     match std::str::from_utf8(body) {
         Ok(text) => {

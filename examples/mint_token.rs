@@ -46,11 +46,50 @@ struct Args {
     /// `kid` header.
     #[arg(long, default_value = "demo")]
     kid: String,
+    /// Algorithm: HS256 (the demo key) or, with `--key`, RS256/PS256/ES256/ES384/EdDSA.
+    #[arg(long, default_value = "HS256")]
+    alg: String,
+    /// PEM private key for a non-HMAC `--alg` (e.g. `tests/fixtures/keys/rsa1.key`).
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+}
+
+fn encoding_key(args: &Args, alg: Algorithm) -> Result<EncodingKey, String> {
+    let Some(path) = &args.key else {
+        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(format!("{alg:?} needs --key PRIVATE_KEY.pem"));
+        }
+        let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| DEMO_SECRET.to_owned());
+        return Ok(EncodingKey::from_secret(secret.as_bytes()));
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    match alg {
+        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => {
+            EncodingKey::from_rsa_pem(&pem)
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        other => return Err(format!("--key does not apply to {other:?}")),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| DEMO_SECRET.to_owned());
+    let alg: Algorithm = match args.alg.parse() {
+        Ok(alg) => alg,
+        Err(_) => {
+            eprintln!("mint_token: unknown --alg {}", args.alg);
+            return ExitCode::FAILURE;
+        }
+    };
+    let key = match encoding_key(&args, alg) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("mint_token: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = json!({
         "sub": args.sub,
@@ -66,13 +105,9 @@ fn main() -> ExitCode {
     if let Some(email) = args.email {
         claims["email"] = json!(email);
     }
-    let mut header = Header::new(Algorithm::HS256);
+    let mut header = Header::new(alg);
     header.kid = Some(args.kid);
-    match encode(
-        &header,
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    ) {
+    match encode(&header, &claims, &key) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS

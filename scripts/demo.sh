@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/demo.sh — run the gateway against a private RabbitMQ node, with an
-# example consumer printing every event, on a fresh Debian machine.
+# example backing service for reads and an example consumer printing every
+# event, on a fresh Debian machine.
 #
 # Usage:
 #   scripts/demo.sh                 # interactive: prints curl examples, runs until Ctrl-C
@@ -10,27 +11,37 @@
 #   1. Installs what is missing (apt-get, as root or through sudo):
 #      rabbitmq-server, curl, and a C compiler for the build. Rust itself
 #      (cargo) must already be installed, see https://rustup.rs.
-#   2. Builds the gateway and examples/consumer.rs (release profile by default).
+#   2. Builds the gateway and the examples it uses (consumer, users_service,
+#      mint_token). Debug profile by default:
+#      it shares target/debug with `cargo run`/`cargo test` and its first
+#      build is much shorter on a small machine; a demo does not need the
+#      release profile's throughput (DEMO_PROFILE=release to use it).
 #   3. Boots a throwaway RabbitMQ node with scripts/broker.sh: its state lives
 #      in .demo/run-PID/broker, it listens on a free port on 127.0.0.1 and
 #      never touches a system RabbitMQ (port 5672 may be taken, it does not matter).
 #   4. Starts the consumer (queue demo.users-events bound to users/user.#)
 #      and waits for its "ready" line: the gateway answers 503 to writes that
 #      no queue would receive, so the binding must exist first.
-#   5. Starts the gateway with config/gateway.toml and waits for /readyz.
-#   6. Interactive: prints URLs and ready-to-paste curl commands, shows the
+#   5. Starts examples/users_service.rs (the `users` upstream of the read
+#      routes, at $USERS_SERVICE_URL) and waits for its /healthz.
+#   6. Starts the gateway with config/gateway.toml and waits for /readyz.
+#   7. Interactive: prints URLs and ready-to-paste curl commands, shows the
 #      gateway's and the consumer's output, prefixed, until Ctrl-C.
 #      Smoke: sends the requests, checks the statuses and that the consumer
 #      printed each accepted event (by message id), then exits.
-#   On exit, whatever the reason, it stops the gateway, the consumer and the
-#   broker node (the node also has a watchdog in case this script is killed
-#   with SIGKILL). Logs of a failed run are kept in .demo/run-PID/.
+#   On exit (success, failure, Ctrl-C, SIGTERM, closed terminal) it stops the
+#   gateway, the backing service, the consumer and the broker node; detached
+#   watchdogs do the same if this script is killed with SIGKILL. Logs of a
+#   failed run are kept in .demo/run-PID/.
 #
 # Environment:
 #   GATEWAY_LISTEN        public listener (default 127.0.0.1:8080)
 #   GATEWAY_ADMIN_LISTEN  admin listener  (default 127.0.0.1:9090)
+#   USERS_SERVICE_URL     where the example backing service listens, and the
+#                         gateway looks for it (default http://127.0.0.1:9001)
+#   JWT_SECRET            HS256 secret of the demo key (default: the demo config's)
 #   DEMO_SMOKE=1          smoke test instead of waiting for Ctrl-C
-#   DEMO_PROFILE          cargo profile: release (default) or debug (faster build)
+#   DEMO_PROFILE          cargo profile: debug (default) or release
 #   DEMO_TIMEOUT          seconds to wait for each component to be ready (default 60)
 #   CARGO_TARGET_DIR      honoured, as by cargo
 set -euo pipefail
@@ -40,16 +51,18 @@ cd "$ROOT"
 
 GATEWAY_LISTEN=${GATEWAY_LISTEN:-127.0.0.1:8080}
 GATEWAY_ADMIN_LISTEN=${GATEWAY_ADMIN_LISTEN:-127.0.0.1:9090}
+USERS_SERVICE_URL=${USERS_SERVICE_URL:-http://127.0.0.1:9001}
 case ${DEMO_SMOKE:-0} in
 0 | '' | false | no) SMOKE=0 ;;
 *) SMOKE=1 ;;
 esac
-PROFILE=${DEMO_PROFILE:-release}
+PROFILE=${DEMO_PROFILE:-debug}
 TIMEOUT=${DEMO_TIMEOUT:-60}
 RUN_DIR=$ROOT/.demo/run-$$
 BROKER_DIR=$RUN_DIR/broker
 GATEWAY_LOG=$RUN_DIR/gateway.log
 CONSUMER_LOG=$RUN_DIR/consumer.log
+SERVICE_LOG=$RUN_DIR/users-service.log
 
 # Colours only on a terminal.
 if [[ -t 1 ]]; then
@@ -87,6 +100,11 @@ split_addr GATEWAY_LISTEN
 BASE=$ADDR_URL PUB_PORT=$ADDR_PORT
 split_addr GATEWAY_ADMIN_LISTEN
 ADMIN=$ADDR_URL ADM_PORT=$ADDR_PORT
+[[ $USERS_SERVICE_URL =~ ^http://([^/]+)/?$ ]] ||
+    die "USERS_SERVICE_URL must look like http://HOST:PORT, not '$USERS_SERVICE_URL'"
+SERVICE_LISTEN=${BASH_REMATCH[1]}
+split_addr SERVICE_LISTEN
+SERVICE_PORT=$ADDR_PORT
 
 # True when a TCP socket listens on port $1 (any address, v4 or v6).
 listening() {
@@ -98,16 +116,21 @@ listening() {
 }
 
 check_ports() {
-    local what var port
-    for what in public admin; do
-        if [[ $what == public ]]; then var=GATEWAY_LISTEN port=$PUB_PORT; else var=GATEWAY_ADMIN_LISTEN port=$ADM_PORT; fi
+    local var port
+    for var in GATEWAY_LISTEN GATEWAY_ADMIN_LISTEN USERS_SERVICE_URL; do
+        case $var in
+        GATEWAY_LISTEN) port=$PUB_PORT ;;
+        GATEWAY_ADMIN_LISTEN) port=$ADM_PORT ;;
+        USERS_SERVICE_URL) port=$SERVICE_PORT ;;
+        esac
         if listening "$port"; then
             die "port $port ($var=${!var}) is already in use.
     Pick free ports, e.g.:
-      GATEWAY_LISTEN=127.0.0.1:$((PUB_PORT + 1)) GATEWAY_ADMIN_LISTEN=127.0.0.1:$((ADM_PORT + 1)) scripts/demo.sh"
+      GATEWAY_LISTEN=127.0.0.1:$((PUB_PORT + 1)) GATEWAY_ADMIN_LISTEN=127.0.0.1:$((ADM_PORT + 1)) USERS_SERVICE_URL=http://127.0.0.1:$((SERVICE_PORT + 1)) scripts/demo.sh"
         fi
     done
-    [[ $PUB_PORT != "$ADM_PORT" ]] || die "GATEWAY_LISTEN and GATEWAY_ADMIN_LISTEN use the same port $PUB_PORT"
+    [[ $(printf '%s\n' "$PUB_PORT" "$ADM_PORT" "$SERVICE_PORT" | sort -u | wc -l) == 3 ]] ||
+        die "GATEWAY_LISTEN, GATEWAY_ADMIN_LISTEN and USERS_SERVICE_URL must use different ports"
 }
 
 # -------------------------------------------------------------- prerequisites
@@ -135,7 +158,8 @@ install_missing() {
 
 # ---------------------------------------------------------------- processes
 
-GATEWAY_PID='' CONSUMER_PID='' VIEW_PIDS=() BROKER_STARTED=0
+GATEWAY_PID='' CONSUMER_PID='' SERVICE_PID='' VIEW_PIDS=() BROKER_STARTED=0 WATCHDOG_PID=''
+PIDS_FILE=$RUN_DIR/pids
 
 # True when process $1 exists and is not a zombie (a child that exited stays a
 # zombie, and passes `kill -0`, until we reap it).
@@ -175,15 +199,18 @@ terminate() {
 
 cleanup() {
     local rc=$? clean=0
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM HUP
     set +e
-    # Ctrl-C (130) and SIGTERM (143) are the normal way to stop the demo.
-    ((rc == 0 || rc == 130 || rc == 143)) && clean=1
-    ((clean)) || [[ -z $GATEWAY_PID$CONSUMER_PID ]] || show_logs
-    [[ -n $GATEWAY_PID || $BROKER_STARTED == 1 ]] && say "stopping (gateway, consumer, broker)"
+    [[ -n $WATCHDOG_PID ]] && kill "$WATCHDOG_PID" 2>/dev/null && wait "$WATCHDOG_PID" 2>/dev/null
+    # Ctrl-C (130), SIGTERM (143) or a closed terminal (129) are the normal
+    # ways to stop the demo.
+    ((rc == 0 || rc == 129 || rc == 130 || rc == 143)) && clean=1
+    ((clean)) || [[ -z $GATEWAY_PID$CONSUMER_PID$SERVICE_PID ]] || show_logs
+    [[ -n $GATEWAY_PID || $BROKER_STARTED == 1 ]] && say "stopping (gateway, backing service, consumer, broker)"
     # Gateway first (it drains in-flight requests), then the consumer, so it
     # can still print what the gateway published last.
     [[ -n $GATEWAY_PID ]] && terminate "$GATEWAY_PID" 35
+    [[ -n $SERVICE_PID ]] && terminate "$SERVICE_PID" 5
     [[ -n $CONSUMER_PID ]] && terminate "$CONSUMER_PID" 10
     local pid
     # The viewers (tail --pid) end on their own once their process is gone.
@@ -200,12 +227,27 @@ cleanup() {
 
 show_logs() {
     local f
-    for f in "$GATEWAY_LOG" "$CONSUMER_LOG"; do
+    for f in "$GATEWAY_LOG" "$SERVICE_LOG" "$CONSUMER_LOG"; do
         [[ -s $f ]] || continue
         printf -- '----- last lines of %s -----\n' "$f" >&2
         tail -n 25 "$f" | sed -e 's/\x1b\[[0-9;]*m//g' >&2
     done
 }
+
+# Detached watchdog: if this script dies without cleaning up (SIGKILL), it
+# terminates the processes listed in $PIDS_FILE (PID and binary, checked
+# against /proc so that a reused PID is left alone). The broker node has its
+# own watchdog (broker.sh --watch-pid).
+start_watchdog() {
+    : >"$PIDS_FILE"
+    # shellcheck disable=SC2016 # $1.. expand in the inner sh
+    setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
+        while read -r pid bin; do
+            tr "\0" " " <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$bin" && kill -TERM "$pid"
+        done <"$2"' demo-watchdog $$ "$PIDS_FILE" </dev/null >/dev/null 2>&1 &
+    WATCHDOG_PID=$!
+}
+track() { printf '%s %s\n' "$1" "$2" >>"$PIDS_FILE"; }
 
 # Shows a log file live, each line prefixed, until process $2 exits.
 view() {
@@ -216,8 +258,8 @@ view() {
     VIEW_PIDS+=($!)
 }
 
-# Polls "$@" every 100 ms until it succeeds; fails after $TIMEOUT s or when
-# process $PID_TO_WATCH dies.
+# wait_until WHAT PID CMD...: polls CMD every 100 ms until it succeeds; fails
+# after $TIMEOUT seconds, or as soon as process PID is gone.
 wait_until() {
     local what=$1 pid=$2
     shift 2
@@ -231,12 +273,19 @@ wait_until() {
 
 consumer_ready() { grep -q '^consumer: ready' "$CONSUMER_LOG" 2>/dev/null; }
 gateway_ready() { curl -fsS -o /dev/null --max-time 2 "$ADMIN/readyz" 2>/dev/null; }
+service_ready() { curl -fsS -o /dev/null --max-time 2 "$USERS_SERVICE_URL/healthz" 2>/dev/null; }
 
 # ---------------------------------------------------------------- main
 
+# The Rust processes below are started with setsid, in their own session: a
+# Ctrl-C in the terminal reaches only this script, which then stops them in
+# order (the gateway drains first, the consumer prints what was published
+# last). A background job of a non-interactive shell is not a process-group
+# leader, so setsid execs in place and $! is the process itself.
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 check_ports
 install_missing
@@ -247,16 +296,21 @@ release) profile_args=(--release) ;;
 debug | dev) profile_args=() PROFILE=debug ;;
 *) die "DEMO_PROFILE must be release or debug, not '$PROFILE'" ;;
 esac
-say "building the gateway and the example consumer (cargo build --$PROFILE; the first build takes a few minutes)"
-cargo build "${profile_args[@]}" --bin amqp-gateway --example consumer
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+say "building the gateway and the examples ($PROFILE profile; the first build takes a few minutes)"
+cargo build "${profile_args[@]}" --bin amqp-gateway --example consumer --example users_service --example mint_token
+TARGET_DIR=$(cd "${CARGO_TARGET_DIR:-$ROOT/target}" && pwd)
 GATEWAY_BIN=$TARGET_DIR/$PROFILE/amqp-gateway
 CONSUMER_BIN=$TARGET_DIR/$PROFILE/examples/consumer
-[[ -x $GATEWAY_BIN && -x $CONSUMER_BIN ]] || die "build did not produce $GATEWAY_BIN and $CONSUMER_BIN"
+SERVICE_BIN=$TARGET_DIR/$PROFILE/examples/users_service
+MINT_BIN=$TARGET_DIR/$PROFILE/examples/mint_token
+for bin in "$GATEWAY_BIN" "$CONSUMER_BIN" "$SERVICE_BIN" "$MINT_BIN"; do
+    [[ -x $bin ]] || die "the build did not produce $bin"
+done
 "$GATEWAY_BIN" check --config config/gateway.toml >/dev/null || die "config/gateway.toml is invalid (see above)"
 check_ports # again: the build may have taken minutes
 
 mkdir -p "$RUN_DIR"
+start_watchdog
 say "starting a private RabbitMQ node (state in ${RUN_DIR#"$ROOT"/}/broker)"
 BROKER_STARTED=1
 broker_env=$(scripts/broker.sh start "$BROKER_DIR" --watch-pid $$) || die "the RabbitMQ node did not start (see above)"
@@ -264,15 +318,23 @@ eval "$broker_env"
 AMQP_URL=$AMQP_TEST_URL
 
 say "starting the example consumer"
-"$CONSUMER_BIN" --url "$AMQP_URL" --exchange users --binding 'user.#' >"$CONSUMER_LOG" 2>&1 &
+setsid "$CONSUMER_BIN" --url "$AMQP_URL" --exchange users --binding 'user.#' >"$CONSUMER_LOG" 2>&1 &
 CONSUMER_PID=$!
+track "$CONSUMER_PID" "$CONSUMER_BIN"
 view "$CONSUMER_LOG" "$CONSUMER_PID" "${G}[consumer]${N}"
 wait_until "the consumer" "$CONSUMER_PID" consumer_ready
 
+say "starting the example backing service (users upstream, $USERS_SERVICE_URL)"
+setsid "$SERVICE_BIN" --listen "$SERVICE_LISTEN" >"$SERVICE_LOG" 2>&1 &
+SERVICE_PID=$!
+track "$SERVICE_PID" "$SERVICE_BIN"
+wait_until "the backing service" "$SERVICE_PID" service_ready
+
 say "starting the gateway (config/gateway.toml, public $GATEWAY_LISTEN, admin $GATEWAY_ADMIN_LISTEN)"
 AMQP_URL=$AMQP_URL GATEWAY_LISTEN=$GATEWAY_LISTEN GATEWAY_ADMIN_LISTEN=$GATEWAY_ADMIN_LISTEN \
-    "$GATEWAY_BIN" --config config/gateway.toml >"$GATEWAY_LOG" 2>&1 &
+    USERS_SERVICE_URL=$USERS_SERVICE_URL setsid "$GATEWAY_BIN" --config config/gateway.toml >"$GATEWAY_LOG" 2>&1 &
 GATEWAY_PID=$!
+track "$GATEWAY_PID" "$GATEWAY_BIN"
 view "$GATEWAY_LOG" "$GATEWAY_PID" "${D}[gateway]${N}"
 wait_until "the gateway" "$GATEWAY_PID" gateway_ready
 
@@ -285,6 +347,7 @@ ${B}amqp-gateway demo is up.${N}
   admin        $ADMIN/readyz  $ADMIN/healthz
   RabbitMQ     $AMQP_URL
   consumer     queue demo.users-events <- exchange users, binding user.#
+  reads from   $USERS_SERVICE_URL (examples/users_service.rs)
 
 Paste these in another terminal; the events appear below, prefixed [consumer]:
 
@@ -300,10 +363,19 @@ Paste these in another terminal; the events appear below, prefixed [consumer]:
   # a '.' in {id} would add a routing-key word (user.4.2.updated) -> 400, nothing published
   curl -i -X PUT $BASE/users/4.2 -H '$JSON' -d '{}'
 
+  # a read, proxied to the backing service: MISS, then HIT from the cache; 304 with the ETag
+  curl -si $BASE/users/42 | grep -i -E '^(HTTP|etag|x-cache|age)'
+  curl -si $BASE/users/42 -H 'If-None-Match: "user-42-v1"' | head -n 1
+
+  # a protected write (role admin): 401 without a token; with one, the event carries x-auth-sub
+  curl -i -X POST $BASE/admin/users/42/ban -H '$JSON' -d '{"reason":"spam"}'
+  TOKEN=\$($MINT_BIN --sub alice --roles admin --email alice@example.com)
+  curl -i -X POST $BASE/admin/users/42/ban -H "Authorization: Bearer \$TOKEN" -H '$JSON' -d '{"reason":"spam"}'
+
   # readiness (200 once the publishing channels are up)
   curl -s $ADMIN/readyz
 
-Ctrl-C stops everything (gateway, consumer, RabbitMQ node).
+Ctrl-C stops everything (gateway, backing service, consumer, RabbitMQ node).
 
 EOF
     wait "$GATEWAY_PID" || true
@@ -367,6 +439,26 @@ if [[ -n $EVENT_ID ]]; then ids+=("$EVENT_ID"); else fail "DELETE /users/42: no 
 
 request "PUT /users/4.2 (routing-key injection)" 400 -X PUT "$BASE/users/4.2" -H "$JSON" -d '{}'
 
+request "POST /admin/users/42/ban without a token" 401 -X POST "$BASE/admin/users/42/ban" -H "$JSON" -d '{"reason":"spam"}'
+if token=$("$MINT_BIN" --sub alice --roles admin --email alice@example.com); then
+    request "POST /admin/users/42/ban with an admin token" 202 -X POST "$BASE/admin/users/42/ban" \
+        -H "Authorization: Bearer $token" -H "$JSON" -d '{"reason":"spam"}'
+    if [[ -n $EVENT_ID ]]; then ids+=("$EVENT_ID"); else fail "ban: no event_id in the body"; fi
+else
+    fail "mint_token failed"
+fi
+
+x_cache() { sed -n 's/^[Xx]-[Cc]ache: *//p' <<<"$HEADERS"; }
+request "GET /users/42 (first)" 200 "$BASE/users/42"
+first_cache=$(x_cache)
+request "GET /users/42 (again)" 200 "$BASE/users/42"
+if [[ $(x_cache) == HIT ]]; then
+    ok "x-cache: $first_cache, then HIT"
+else
+    fail "second GET /users/42: x-cache is '$(x_cache)', expected HIT"
+fi
+request "GET /users/42 with If-None-Match" 304 "$BASE/users/42" -H 'If-None-Match: "user-42-v1"'
+
 say "smoke test: waiting for the consumer to print the events"
 deadline=$(($(now_ms) + 15000))
 for id in "${ids[@]}"; do
@@ -380,6 +472,11 @@ for id in "${ids[@]}"; do
         fail "consumer did not print message_id $id within 15s"
     fi
 done
+if grep -q '^  x-auth-sub *alice$' "$CONSUMER_LOG"; then
+    ok "the ban event carries x-auth-sub: alice"
+else
+    fail "the consumer printed no event with x-auth-sub: alice"
+fi
 if grep -q '^routing key *user\.4\.' "$CONSUMER_LOG"; then
     fail "an event for /users/4.2 was published"
 fi

@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz` (process alive) and `/readyz` (able to publish).
+//! The admin listener: `/healthz` (process alive), `/readyz` (able to publish) and `/metrics`
+//! (Prometheus).
 //!
 //! It lives on `server.admin_listen`, never on the public port, so load balancers and
 //! operators can probe it without exposing broker state to clients.
@@ -22,7 +23,21 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(state.channels.readiness());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Ready while at least one confirm-mode channel can publish and we are not draining.

@@ -11,6 +11,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderName, Method};
 
 use tower::ServiceBuilder;
+use tower::util::MapResponseLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -21,6 +22,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::RequireAuthLayer;
 use crate::config::{Route, RouteAction};
 use crate::error::GatewayError;
+use crate::metrics::RequestMetricsLayer;
 use crate::proxy::Upstreams;
 use crate::routes::publish::{self, WriteRoute};
 use crate::routes::read::{self, ReadRoute};
@@ -43,6 +45,7 @@ impl MakeRequestId for MakeRequestUuidV7 {
 
 /// Builds the public router for `state.routes`.
 pub fn app(state: AppState) -> Router {
+    let state_metrics = state.metrics.clone();
     // Group by path: axum wants one MethodRouter per path, with our 405 as its fallback.
     let mut by_path: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
     for route in state.routes.iter() {
@@ -61,7 +64,12 @@ pub fn app(state: AppState) -> Router {
             // Auth wraps only this route's methods (`route_layer`): 401/403 before the handler.
             let auth = RequireAuthLayer::for_route(&route.auth, state.auth.as_ref());
             // Validation guarantees distinct methods per path, so merging cannot overlap.
-            methods = methods.merge(handler_for(route, &state.upstreams).route_layer(auth));
+            methods = methods.merge(
+                handler_for(route, &state.upstreams)
+                    .route_layer(auth)
+                    // Outermost, so 401/403 are labelled with the route too.
+                    .route_layer(route_name_layer(&route.name)),
+            );
         }
         if allow.contains(&"GET") && !allow.contains(&"HEAD") {
             allow.push("HEAD");
@@ -94,6 +102,7 @@ pub fn app(state: AppState) -> Router {
                         // The access-log line already carries 5xx statuses; no second line.
                         .on_failure(()),
                 )
+                .layer(RequestMetricsLayer::new(state_metrics))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 // A panic is a bug: answer 500 problem+json, keep the connection alive.
                 .layer(CatchPanicLayer::custom(|_| {
@@ -132,8 +141,7 @@ fn handler_for(route: &Route, upstreams: &Upstreams) -> MethodRouter<AppState> {
                 filter,
                 move |State(state): State<AppState>, request: Request| {
                     let write = write.clone();
-                    let name = name.clone();
-                    async move { tag(publish::handle(state, write, request).await, name) }
+                    async move { publish::handle(state, write, request).await }
                 },
             )
         }
@@ -158,16 +166,18 @@ fn handler_for(route: &Route, upstreams: &Upstreams) -> MethodRouter<AppState> {
                 filter,
                 move |State(state): State<AppState>, request: Request| {
                     let read = read.clone();
-                    let name = name.clone();
-                    async move { tag(read::handle(state, read, request).await, name) }
+                    async move { read::handle(state, read, request).await }
                 },
             )
         }
     }
 }
 
-fn tag(result: Result<Response, GatewayError>, name: Arc<str>) -> Response {
-    let mut response = result.into_response();
-    response.extensions_mut().insert(RouteName(name));
-    response
+/// Labels a route's responses with its name, for the access log and the metrics.
+fn route_name_layer(name: &str) -> MapResponseLayer<impl Fn(Response) -> Response + Clone + use<>> {
+    let name: Arc<str> = Arc::from(name);
+    MapResponseLayer::new(move |mut response: Response| {
+        response.extensions_mut().insert(RouteName(name.clone()));
+        response
+    })
 }

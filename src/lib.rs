@@ -12,7 +12,8 @@
 //! - [`amqp`]: the pooled confirm-mode channel set and confirmed publishing (no HTTP types).
 //! - [`proxy`]: upstream targets, load balancing, passive health, forwarded headers.
 //! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing.
-//! - [`admin`]: `/healthz`, `/readyz` on the admin listener.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
+//! - [`metrics`]: Prometheus metrics and the request-metrics layer.
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
 //! - [`template`]: `{name}` templates for routing keys, `Location` and path rewrites.
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod server;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::amqp::{ChannelSet, PoolSettings};
 use crate::cache::Cache;
 use crate::config::{Config, ExchangeKind, RouteAction};
+use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 use crate::state::AppState;
 use crate::{admin, app};
@@ -82,6 +83,7 @@ pub async fn run(
         upstreams: Arc::new(Upstreams::new(&config.upstreams)),
         cache: caches.then(|| Arc::new(Cache::new(&config.cache))),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
+        metrics: Arc::new(Metrics::new()),
         routes: config.routes.into(),
         channels: channels.clone(),
         max_body_bytes: config.server.max_body_bytes,

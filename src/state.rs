@@ -10,6 +10,7 @@ use crate::amqp::ChannelSet;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::config::Route;
+use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 
 /// Shared request-handling state. Cheap to clone.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<[IpNet]>,
     /// Token verification (present when `[auth]` is configured).
     pub auth: Option<Authenticator>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     /// Set when shutdown starts, so `/readyz` takes the instance out of rotation.
     pub draining: Arc<AtomicBool>,
 }

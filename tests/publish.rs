@@ -179,6 +179,20 @@ async fn post_create_route_answers_201_with_location() {
         d.properties.correlation_id().is_some(),
         "a request id is generated when absent"
     );
+    let metrics = reqwest::get(format!("{}/metrics", gw.admin_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "gateway_publishes_total{route=\"create-user\",outcome=\"acked\"} 1",
+        "gateway_http_requests_total{route=\"create-user\",method=\"POST\",status=\"201\"} 1",
+        "gateway_publish_confirm_duration_seconds_count 1",
+        "gateway_amqp_channels{state=\"ready\"} 8",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

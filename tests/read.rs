@@ -446,6 +446,21 @@ async fn cache_hit_answers_without_the_upstream_and_reports_age() {
     assert_eq!(gz1, gz2);
     assert_eq!(gunzip(&gz1), b1);
     assert_eq!(origin.hits("/cached/u/1"), 1);
+    let metrics = client()
+        .get(format!("{}/metrics", gw.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "gateway_cache_lookups_total{route=\"cached\",outcome=\"hit\"} 3",
+        "gateway_cache_lookups_total{route=\"cached\",outcome=\"miss\"} 1",
+        "gateway_upstream_requests_total{upstream=\"users\",outcome=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
     // A different query is a different key.
     let (_, h3, _) = get(&c, &gw.at("/cached/u/1?size=2501"), &[]).await;
     assert_eq!(h3["x-cache"], "MISS");

@@ -71,6 +71,21 @@ pub enum PublishError {
     Internal(&'static str),
 }
 
+impl PublishError {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Blocked => "blocked",
+            Self::Unroutable => "unroutable",
+            Self::Nacked => "nacked",
+            Self::Unknown(_) => "unknown",
+            Self::PropertiesTooLarge => "too_large",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
 /// Pool sizing and deadlines, from `[amqp]`.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {

@@ -43,7 +43,7 @@ impl Deref for Identity {
 }
 
 impl Identity {
-    /// Builds an identity (tests, and [`Claims::identity`]).
+    /// Builds an identity (verified claims make one; tests too).
     pub fn new(data: IdentityData) -> Self {
         Self(Arc::new(data))
     }

@@ -1,7 +1,7 @@
 //! Authentication (JWT bearer tokens) and per-route authorization (roles, scopes).
 //!
-//! This module owns: which keys are trusted ([`keys`]: secrets, PEM files, JWKS files; and
-//! [`jwks`]: JWKS URLs with refresh), how a token becomes an [`Identity`] ([`Authenticator`]),
+//! This module owns: which keys are trusted (`keys`: secrets, PEM files, JWKS files; and
+//! `jwks`: JWKS URLs with refresh), how a token becomes an [`Identity`] ([`Authenticator`]),
 //! and the per-route rule as a tower layer ([`RequireAuthLayer`] → [`RequireAuth`]). It knows
 //! nothing of AMQP or upstreams.
 //!

@@ -124,6 +124,11 @@ impl Upstreams {
 }
 
 impl Upstream {
+    /// The upstream's name in config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The whole-exchange timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout

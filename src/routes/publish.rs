@@ -118,11 +118,16 @@ pub async fn handle(
             .map_or(0, |d| d.as_secs()),
         headers: amqp_headers,
     };
-    state
-        .channels
-        .publish(&event)
-        .await
-        .map_err(|e| publish_error(e, &state, &route.name, &event_id_text))?;
+    let started = std::time::Instant::now();
+    let published = state.channels.publish(&event).await;
+    state.metrics.publish(
+        &route.name,
+        published
+            .as_ref()
+            .map_or_else(PublishError::label, |()| "acked"),
+        published.is_ok().then(|| started.elapsed()),
+    );
+    published.map_err(|e| publish_error(e, &state, &route.name, &event_id_text))?;
     if let Some(cache) = &state.cache {
         // RFC 9111 §4.4: an accepted unsafe request invalidates what this instance stored for
         // the same path. Other instances' copies age out within their freshness lifetime.

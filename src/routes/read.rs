@@ -248,9 +248,17 @@ impl Call<'_> {
             let body = buffer(body, limit).await?;
             Ok::<_, GatewayError>((parts, body))
         };
-        tokio::time::timeout(upstream.timeout(), exchange)
+        let result = tokio::time::timeout(upstream.timeout(), exchange)
             .await
-            .map_err(|_| GatewayError::UpstreamTimeout)?
+            .map_err(|_| GatewayError::UpstreamTimeout)
+            .and_then(|r| r);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(GatewayError::UpstreamTimeout) => "timeout",
+            Err(_) => "failed",
+        };
+        self.state.metrics.upstream(upstream.name(), outcome);
+        result
     }
 
     /// No cache: forward as received, add a generated ETag when possible, then finish.
@@ -509,6 +517,7 @@ impl Call<'_> {
     /// Serves a stored entry: 304 if the client's validator matches, else the body in the
     /// stored encoding for this `Accept-Encoding` (encoding it once if needed).
     async fn serve(&self, cache: &Cache, entry: Arc<Entry>, how: &'static str) -> Response {
+        self.record_cache(how);
         let stamp = |headers: &mut HeaderMap| {
             headers.insert(header::AGE, HeaderValue::from(entry.age_secs()));
             headers.insert(X_CACHE, HeaderValue::from_static(how));
@@ -614,9 +623,19 @@ impl Call<'_> {
         Some(response)
     }
 
+    fn record_cache(&self, how: &'static str) {
+        let result = match how {
+            "HIT" => "hit",
+            "REVALIDATED" => "revalidated",
+            _ => "miss",
+        };
+        self.state.metrics.cache(&self.route.name, result);
+    }
+
     /// Final steps for a response not served from the cache: 304 or compression.
     async fn finish(&self, mut response: Response, how: Option<&'static str>) -> Response {
         if let Some(how) = how {
+            self.record_cache(how);
             response
                 .headers_mut()
                 .insert(X_CACHE, HeaderValue::from_static(how));

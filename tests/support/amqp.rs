@@ -11,6 +11,13 @@
 //! and the next poll reconnects (within the caller's deadline). Use
 //! [`TestQueue::bind_durable`] for fault tests that restart the broker, since
 //! the exclusive queue of [`TestQueue::bind`] dies with its connection.
+//!
+//! Every AMQP operation is bounded by [`OP_TIMEOUT`]: when the broker drops
+//! a connection while the test's runtime thread is blocked (e.g. in the
+//! synchronous `rabbitmqctl`), lapin keeps reporting it as connected and
+//! some operations (notably `Connection::close`) then never complete. In
+//! async tests, prefer `support::rabbitmqctl_async` so lapin (and an
+//! in-process gateway) keep running while the broker is being controlled.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +33,21 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound for any single AMQP operation of this module.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Awaits one AMQP operation under [`OP_TIMEOUT`], naming it in errors.
+async fn op<T, E: std::fmt::Display>(
+    what: impl std::fmt::Display,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no reply within {OP_TIMEOUT:?}")),
+    }
+}
 
 /// A queue private to one test, bound to an exchange, read with deadlines.
 pub struct TestQueue {
@@ -117,13 +139,16 @@ impl TestQueue {
                 ..QueueDeclareOptions::default()
             }
         };
-        channel
-            .queue_declare(q.name.as_str().into(), options, FieldTable::default())
-            .await
-            .unwrap_or_else(|e| panic!("declare queue {}: {e}", q.name));
+        op(
+            format!("declare queue {}", q.name),
+            channel.queue_declare(q.name.as_str().into(), options, FieldTable::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         if let (Some(kind), false) = (kind, exchange.is_empty()) {
-            channel
-                .exchange_declare(
+            op(
+                format!("declare exchange {exchange:?}"),
+                channel.exchange_declare(
                     exchange.into(),
                     kind,
                     ExchangeDeclareOptions {
@@ -131,9 +156,10 @@ impl TestQueue {
                         ..ExchangeDeclareOptions::default()
                     },
                     FieldTable::default(),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("declare exchange {exchange:?}: {e}"));
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         }
         q.add_binding(binding_key).await;
         q
@@ -145,21 +171,21 @@ impl TestQueue {
             return;
         }
         let channel = self.channel(Instant::now() + CONNECT_TIMEOUT).await;
-        channel
-            .queue_bind(
+        op(
+            format!(
+                "bind queue {} to exchange {:?} with {binding_key:?}",
+                self.name, self.exchange
+            ),
+            channel.queue_bind(
                 self.name.as_str().into(),
                 self.exchange.as_str().into(),
                 binding_key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
-            )
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "bind queue {} to exchange {:?} with {binding_key:?}: {e}",
-                    self.name, self.exchange
-                )
-            });
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Waits up to `timeout` for the next message; `None` if none arrived.
@@ -212,21 +238,21 @@ impl TestQueue {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
             let channel = self.channel(deadline).await;
-            let res = channel
-                .queue_declare(
+            let res = op(
+                format!("count messages in {}", self.name),
+                channel.queue_declare(
                     self.name.as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..QueueDeclareOptions::default()
                     },
                     FieldTable::default(),
-                )
-                .await;
+                ),
+            )
+            .await;
             match res {
                 Ok(q) => return q.message_count(),
-                Err(e) if Instant::now() >= deadline => {
-                    panic!("count messages in {}: {e}", self.name)
-                }
+                Err(e) if Instant::now() >= deadline => panic!("{e}"),
                 Err(_) => {
                     self.reset().await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -251,34 +277,38 @@ impl TestQueue {
     /// Removes all messages; returns how many there were.
     pub async fn purge(&self) -> u32 {
         let channel = self.channel(Instant::now() + CONNECT_TIMEOUT).await;
-        channel
-            .queue_purge(self.name.as_str().into(), QueuePurgeOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("purge {}: {e}", self.name))
+        op(
+            format!("purge {}", self.name),
+            channel.queue_purge(self.name.as_str().into(), QueuePurgeOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Deletes the queue and closes the connection.
     pub async fn delete(self) {
         let channel = self.channel(Instant::now() + CONNECT_TIMEOUT).await;
-        channel
-            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("delete {}: {e}", self.name));
-        if let Some(link) = self.link.lock().await.take() {
-            let _ = link.conn.close(200, "test queue deleted".into()).await;
-        }
+        op(
+            format!("delete {}", self.name),
+            channel.queue_delete(self.name.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.reset().await;
     }
 
     async fn try_get(&self, deadline: Instant) -> Result<Option<Delivery>, String> {
         let channel = self.try_channel(deadline).await?;
-        match channel
-            .basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-        {
+        let got = op(
+            "basic.get",
+            channel.basic_get(self.name.as_str().into(), BasicGetOptions { no_ack: true }),
+        )
+        .await;
+        match got {
             Ok(msg) => Ok(msg.map(|m| m.delivery)),
             Err(e) => {
                 self.reset().await;
-                Err(format!("basic.get: {e}"))
+                Err(e)
             }
         }
     }
@@ -304,10 +334,10 @@ impl TestQueue {
 
     async fn try_channel(&self, deadline: Instant) -> Result<Channel, String> {
         let mut link = self.link.lock().await;
-        if let Some(l) = link.as_ref() {
-            if l.channel.status().connected() {
-                return Ok(l.channel.clone());
-            }
+        if let Some(l) = link.as_ref()
+            && l.channel.status().connected()
+        {
+            return Ok(l.channel.clone());
         }
         *link = None;
         let timeout = deadline
@@ -320,10 +350,7 @@ impl TestQueue {
         .await
         .map_err(|_| format!("connect: timed out after {timeout:?}"))?
         .map_err(|e| format!("connect: {e}"))?;
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| format!("create channel: {e}"))?;
+        let channel = op("create channel", conn.create_channel()).await?;
         *link = Some(Link {
             conn,
             channel: channel.clone(),
@@ -331,9 +358,16 @@ impl TestQueue {
         Ok(channel)
     }
 
+    /// Drops the connection; the next operation reconnects. The close is
+    /// best effort and bounded: on a connection the broker already dropped,
+    /// lapin's close may never complete.
     async fn reset(&self) {
         if let Some(l) = self.link.lock().await.take() {
-            let _ = l.conn.close(200, "test queue reconnecting".into()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                l.conn.close(200, "test queue done".into()),
+            )
+            .await;
         }
     }
 }

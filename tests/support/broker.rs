@@ -86,6 +86,12 @@ pub fn booted_here() -> bool {
 /// the node, under a 120 s timeout. Each call costs ~0.6-1 s (it boots an
 /// Erlang VM).
 ///
+/// Blocks the calling thread: in `#[tokio::test]`s use
+/// [`rabbitmqctl_async`], otherwise the test's runtime (lapin connections,
+/// an in-process gateway) is frozen while the broker changes state and
+/// sees the aftermath late and wrong (e.g. lapin still reports a dropped
+/// connection as connected).
+///
 /// Panics when the node name is unknown: `AMQP_TEST_URL` set without
 /// `AMQP_TEST_NODE`.
 pub fn rabbitmqctl(args: &[&str]) -> Output {
@@ -138,6 +144,29 @@ pub fn rabbitmqctl_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`rabbitmqctl`] on tokio's blocking pool, so the test's runtime keeps
+/// serving lapin connections and in-process servers meanwhile.
+pub async fn rabbitmqctl_async(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rabbitmqctl(&args)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// [`rabbitmqctl_ok`] on tokio's blocking pool (see [`rabbitmqctl_async`]).
+pub async fn rabbitmqctl_ok_async(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rabbitmqctl_ok(&args)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Tail of the node's logs (only for nodes booted by broker.sh: booted here

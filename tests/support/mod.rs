@@ -4,8 +4,8 @@
 //!
 //! * [`broker`] — the RabbitMQ node the tests talk to: [`amqp_url`] returns
 //!   `AMQP_TEST_URL` when set, otherwise boots one private, throwaway node per
-//!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] controls that node
-//!   for fault tests.
+//!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] /
+//!   [`rabbitmqctl_async`] control that node for fault tests.
 //! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query.
 //! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0.
 //! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
@@ -47,7 +47,7 @@ pub mod origin;
 pub use amqp::{TestQueue, unique_name};
 pub use broker::{
     NodeInfo, amqp_url, booted_here, free_port, node, node_log_tail, node_name, rabbitmqctl,
-    rabbitmqctl_ok,
+    rabbitmqctl_async, rabbitmqctl_ok, rabbitmqctl_ok_async,
 };
 pub use gateway::{TestGateway, base_config};
 pub use origin::Origin;

@@ -1,0 +1,242 @@
+//! Prometheus metrics: what is counted, with which labels, and the `/metrics` text.
+//!
+//! The registry is built once at start-up and injected through [`crate::state::AppState`];
+//! nothing is global. Labels use the route *name* from config, never the raw path, so
+//! cardinality is bounded by the config. Channel-pool gauges are read from the channel set at
+//! scrape time rather than updated on every change.
+
+mod layer;
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::amqp::Readiness;
+
+pub use layer::{RequestMetrics, RequestMetricsLayer, ResponseFuture};
+
+/// Labels of the HTTP request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name (`unmatched` for 404/405 outside any route).
+    pub route: String,
+    /// HTTP method.
+    pub method: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteMethod {
+    route: String,
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOutcome {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOutcome {
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelState {
+    state: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s: covers cache hits and broker fsync-bound confirms alike.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteMethod, Histogram, fn() -> Histogram>,
+    publishes: Family<RouteOutcome, Counter>,
+    confirm_duration: Histogram,
+    cache: Family<RouteOutcome, Counter>,
+    upstream: Family<UpstreamOutcome, Counter>,
+    channels: Family<ChannelState, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `gateway_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteMethod, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency until the response head",
+            request_duration.clone(),
+        );
+        let publishes = Family::<RouteOutcome, Counter>::default();
+        registry.register("publishes", "Publishes by route and outcome (acked, unroutable, nacked, unavailable, blocked, unknown, too_large, internal)", publishes.clone());
+        let confirm_duration = latency_histogram();
+        registry.register(
+            "publish_confirm_duration_seconds",
+            "Time from publish to the broker's confirm, acked publishes only",
+            confirm_duration.clone(),
+        );
+        let cache = Family::<RouteOutcome, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache results on cached read routes (hit, miss, revalidated)",
+            cache.clone(),
+        );
+        let upstream = Family::<UpstreamOutcome, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Upstream exchanges by upstream and outcome (ok, unreachable, failed, timeout)",
+            upstream.clone(),
+        );
+        let channels = Family::<ChannelState, Gauge>::default();
+        registry.register(
+            "amqp_channels",
+            "Publishing channels by state (ready, blocked, configured)",
+            channels.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            publishes,
+            confirm_duration,
+            cache,
+            upstream,
+            channels,
+        }
+    }
+
+    /// Records one HTTP response.
+    pub fn request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteMethod {
+                route: route.to_owned(),
+                method: method.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Records a publish outcome; `confirm` is the publish-to-ack time of an acked publish.
+    pub fn publish(&self, route: &str, outcome: &'static str, confirm: Option<Duration>) {
+        self.publishes
+            .get_or_create(&RouteOutcome {
+                route: route.to_owned(),
+                outcome,
+            })
+            .inc();
+        if let Some(d) = confirm {
+            self.confirm_duration.observe(d.as_secs_f64());
+        }
+    }
+
+    /// Records a cache result on a cached route.
+    pub fn cache(&self, route: &str, result: &'static str) {
+        self.cache
+            .get_or_create(&RouteOutcome {
+                route: route.to_owned(),
+                outcome: result,
+            })
+            .inc();
+    }
+
+    /// Records an upstream exchange outcome.
+    pub fn upstream(&self, upstream: &str, outcome: &'static str) {
+        self.upstream
+            .get_or_create(&UpstreamOutcome {
+                upstream: upstream.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with channel gauges taken from `readiness` now.
+    pub fn render(&self, readiness: Readiness) -> String {
+        let set = |state, n: usize| {
+            self.channels
+                .get_or_create(&ChannelState { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("ready", readiness.ready_channels);
+        set("blocked", readiness.blocked_channels);
+        set("configured", readiness.configured_channels);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_recorded_values() {
+        let m = Metrics::new();
+        m.request("get-user", "GET", 200, Duration::from_millis(3));
+        m.publish("create-user", "acked", Some(Duration::from_millis(2)));
+        m.publish("create-user", "unroutable", None);
+        m.cache("get-user", "hit");
+        m.upstream("users", "ok");
+        let text = m.render(Readiness {
+            ready_channels: 3,
+            configured_channels: 4,
+            blocked_channels: 1,
+        });
+        for line in [
+            "gateway_http_requests_total{route=\"get-user\",method=\"GET\",status=\"200\"} 1",
+            "gateway_publishes_total{route=\"create-user\",outcome=\"acked\"} 1",
+            "gateway_publishes_total{route=\"create-user\",outcome=\"unroutable\"} 1",
+            "gateway_publish_confirm_duration_seconds_count 1",
+            "gateway_cache_lookups_total{route=\"get-user\",outcome=\"hit\"} 1",
+            "gateway_upstream_requests_total{upstream=\"users\",outcome=\"ok\"} 1",
+            "gateway_amqp_channels{state=\"ready\"} 3",
+            "gateway_amqp_channels{state=\"blocked\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}
