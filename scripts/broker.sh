@@ -26,6 +26,14 @@
 #   scripts/broker.sh stop DIR [--remove]
 #       Stop the node, its private epmd and its watchdog. Idempotent. With
 #       --remove, also delete DIR (otherwise logs are kept in DIR/log).
+#   scripts/broker.sh down DIR [--kill]
+#       Stop only the node's Erlang VM (gracefully: clients get
+#       connection.close; with --kill: SIGKILL, sockets reset), keeping its
+#       state, ports, epmd and watchdog. For fault tests.
+#   scripts/broker.sh up DIR
+#       Boot the VM of a node stopped with `down` again, on the same ports
+#       and with the same data (durable queues and persistent messages
+#       survive), and wait until it accepts AMQP connections.
 #   scripts/broker.sh ctl DIR ARGS...
 #       Run `rabbitmqctl -n NODE ARGS...` against the node in DIR.
 #   scripts/broker.sh env DIR
@@ -158,6 +166,77 @@ terminate() {
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+# Starts the node's Erlang VM (rabbitmq-server) for the node described by the
+# loaded broker.env, on its recorded ports, and waits until it accepts AMQP
+# connections (deadline: $BOOT_TIMEOUT s). Expects epmd to be running. On
+# failure prints the reason on stdout and returns 1.
+boot_server() {
+    local dir=$1
+    # A pid file left by a killed VM would make `rabbitmqctl wait` watch a
+    # dead process.
+    rm -f "$dir/rabbit.pid" "$dir/server.pid"
+    (
+        node_env
+        cd "$dir"
+        export RABBITMQ_NODE_PORT=$B_NODE_PORT
+        export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+        export RABBITMQ_DIST_PORT=$B_DIST_PORT
+        export RABBITMQ_MNESIA_BASE=$dir/mnesia
+        export RABBITMQ_LOG_BASE=$dir/log
+        export RABBITMQ_FEATURE_FLAGS_FILE=$dir/feature_flags
+        export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
+        export RABBITMQ_PID_FILE=$dir/rabbit.pid
+        export RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
+        export RABBITMQ_CONFIG_FILES=$dir/conf.d
+        export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
+        # Distribution listens on loopback only.
+        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+        # A background job of a non-interactive shell is not a process-group
+        # leader, so setsid execs in place and $! is the server's PID.
+        setsid "$RABBITMQ_BIN_DIR/rabbitmq-server" </dev/null >>"$dir/server.out" 2>&1 &
+        echo $! >"$dir/server.pid"
+    )
+    local server_pid i
+    server_pid=$(cat "$dir/server.pid")
+
+    # Readiness: `rabbitmqctl wait PIDFILE` returns once the pid file exists,
+    # the node answers on distribution and the rabbit app is running. It
+    # would wait forever for a pid file of a server that already died, so
+    # poll the server process alongside it, under one deadline.
+    ctl wait "$dir/rabbit.pid" --timeout "$BOOT_TIMEOUT" </dev/null >"$dir/wait.out" 2>&1 &
+    local wait_pid=$! deadline=$(($(now_ms) + BOOT_TIMEOUT * 1000)) failure=""
+    while alive "$wait_pid"; do
+        if ! alive "$server_pid"; then
+            failure="rabbitmq-server exited during boot"
+            break
+        fi
+        if (($(now_ms) > deadline)); then
+            failure="node did not come up within ${BOOT_TIMEOUT}s"
+            break
+        fi
+        sleep 0.1
+    done
+    if [[ -z $failure ]]; then
+        wait "$wait_pid" || failure="rabbitmqctl wait failed (node did not come up within ${BOOT_TIMEOUT}s?)"
+    else
+        terminate "$wait_pid" 2
+    fi
+    # The AMQP listener must accept connections too (it is opened late in
+    # the boot sequence; `wait` already covers it, this is a cheap check).
+    if [[ -z $failure ]]; then
+        for ((i = 0; i < 100; i++)); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null && break
+            sleep 0.05
+        done
+        (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null ||
+            failure="AMQP port $B_NODE_PORT does not accept connections"
+    fi
+    if [[ -n $failure ]]; then
+        echo "$failure"
+        return 1
+    fi
+}
+
 cmd_start() {
     local dir=${1:-} watch_pid=""
     [[ -n $dir ]] || usage
@@ -238,63 +317,8 @@ EOF
         die "private epmd did not come up on port $B_EPMD_PORT"
     }
 
-    (
-        node_env
-        cd "$dir"
-        export RABBITMQ_NODE_PORT=$B_NODE_PORT
-        export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
-        export RABBITMQ_DIST_PORT=$B_DIST_PORT
-        export RABBITMQ_MNESIA_BASE=$dir/mnesia
-        export RABBITMQ_LOG_BASE=$dir/log
-        export RABBITMQ_FEATURE_FLAGS_FILE=$dir/feature_flags
-        export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins
-        export RABBITMQ_PID_FILE=$dir/rabbit.pid
-        export RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf
-        export RABBITMQ_CONFIG_FILES=$dir/conf.d
-        export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
-        # Distribution listens on loopback only.
-        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
-        # A background job of a non-interactive shell is not a process-group
-        # leader, so setsid execs in place and $! is the server's PID.
-        setsid "$RABBITMQ_BIN_DIR/rabbitmq-server" </dev/null >"$dir/server.out" 2>&1 &
-        echo $! >"$dir/server.pid"
-    )
-    local server_pid
-    server_pid=$(cat "$dir/server.pid")
-
-    # Readiness: `rabbitmqctl wait PIDFILE` returns once the pid file exists,
-    # the node answers on distribution and the rabbit app is running. It
-    # would wait forever for a pid file of a server that already died, so
-    # poll the server process alongside it, under one deadline.
-    ctl wait "$dir/rabbit.pid" --timeout "$BOOT_TIMEOUT" </dev/null >"$dir/wait.out" 2>&1 &
-    local wait_pid=$! deadline=$(($(now_ms) + BOOT_TIMEOUT * 1000)) failure=""
-    while alive "$wait_pid"; do
-        if ! alive "$server_pid"; then
-            failure="rabbitmq-server exited during boot"
-            break
-        fi
-        if (($(now_ms) > deadline)); then
-            failure="node did not come up within ${BOOT_TIMEOUT}s"
-            break
-        fi
-        sleep 0.1
-    done
-    if [[ -z $failure ]]; then
-        wait "$wait_pid" || failure="rabbitmqctl wait failed (node did not come up within ${BOOT_TIMEOUT}s?)"
-    else
-        terminate "$wait_pid" 2
-    fi
-    # The AMQP listener must accept connections too (it is opened late in
-    # the boot sequence; `wait` already covers it, this is a cheap check).
-    if [[ -z $failure ]]; then
-        for ((i = 0; i < 100; i++)); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null && break
-            sleep 0.05
-        done
-        (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null ||
-            failure="AMQP port $B_NODE_PORT does not accept connections"
-    fi
-    if [[ -n $failure ]]; then
+    local failure
+    if ! failure=$(boot_server "$dir"); then
         log "error: $failure"
         show_logs "$dir" >&2
         cmd_stop "$dir"
@@ -360,12 +384,62 @@ cmd_stop() {
     fi
 }
 
+# Stops the node's Erlang VM only (epmd, watchdog, state and ports stay), for
+# fault tests; `up` boots it again on the same ports.
+cmd_down() {
+    local dir=${1:-} hard=0
+    [[ -n $dir ]] || usage
+    [[ ${2:-} == --kill ]] && hard=1
+    load_env "$dir" || die "no node in $dir"
+    local beam_pid server_pid i
+    beam_pid=$(cat "$dir/rabbit.pid" 2>/dev/null || true)
+    server_pid=$(cat "$dir/server.pid" 2>/dev/null || true)
+    alive "$beam_pid" || die "node $B_NODE is not running"
+    if ((hard)); then
+        # A crash: no connection.close to clients, the kernel resets the sockets.
+        kill -KILL "$beam_pid" 2>/dev/null || true
+    else
+        ctl stop "$dir/rabbit.pid" </dev/null >"$dir/stop.out" 2>&1 &
+        local stop_pid=$!
+        for ((i = 0; i < 600; i++)); do
+            alive "$stop_pid" || break
+            sleep 0.1
+        done
+        terminate "$stop_pid" 1
+        terminate "$beam_pid" 10
+    fi
+    for ((i = 0; i < 100; i++)); do
+        alive "$beam_pid" || break
+        sleep 0.1
+    done
+    terminate "$server_pid" 5
+    alive "$beam_pid" && die "node $B_NODE did not stop"
+    log "node $B_NODE is down ($( ((hard)) && echo killed || echo stopped))"
+}
+
+cmd_up() {
+    local dir=${1:-} failure t0
+    [[ -n $dir ]] || usage
+    load_env "$dir" || die "no node in $dir"
+    alive "$(cat "$dir/rabbit.pid" 2>/dev/null || true)" && die "node $B_NODE is already running"
+    epmd -port "$B_EPMD_PORT" -names >/dev/null 2>&1 || die "the node's epmd (port $B_EPMD_PORT) is gone"
+    t0=$(now_ms)
+    if ! failure=$(boot_server "$dir"); then
+        log "error: $failure"
+        show_logs "$dir" >&2
+        exit 1
+    fi
+    log "node $B_NODE up again in $(($(now_ms) - t0)) ms"
+}
+
 main() {
     local cmd=${1:-}
     (($#)) && shift
     case $cmd in
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
+    down) cmd_down "$@" ;;
+    up) cmd_up "$@" ;;
     ctl)
         local dir=${1:-}
         [[ -n $dir ]] || usage

@@ -34,6 +34,9 @@ pub enum GatewayError {
         /// The configured limit.
         limit: usize,
     },
+    /// The request body did not arrive within `server.body_read_timeout`.
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     /// `Content-Type` missing or not accepted by the route.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -111,6 +114,7 @@ impl GatewayError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadRequest(_) | Self::InvalidAuthRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -132,6 +136,7 @@ impl GatewayError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::RequestTimeout => "request-timeout",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::BadRequest(_) => "bad-request",
             Self::Unauthorized => "unauthorized",

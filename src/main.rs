@@ -68,7 +68,15 @@ fn print_routes(config: &Config) {
             RouteAuth::Required(p) if p.roles.is_empty() && p.scopes.is_empty() => {
                 "token".to_owned()
             }
-            RouteAuth::Required(p) => format!("roles={:?} scopes={:?}", p.roles, p.scopes),
+            RouteAuth::Required(p) => format!(
+                "roles={:?} scopes={:?} match={}",
+                p.roles,
+                p.scopes,
+                match p.mode {
+                    amqp_gateway::config::PolicyMatch::Any => "any",
+                    amqp_gateway::config::PolicyMatch::All => "all",
+                }
+            ),
         };
         println!(
             "{:<24} {:<22} {:<28} {:<40} {auth}",

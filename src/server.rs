@@ -9,12 +9,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use axum::Router;
+use axum::extract::ConnectInfo;
+use http::Request;
+use http::header::{CONNECTION, HeaderValue};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt;
 
 use crate::amqp::{ChannelSet, PoolSettings};
 use crate::cache::Cache;
-use crate::config::{Config, ExchangeKind, RouteAction};
+use crate::config::{Config, ExchangeKind, RouteAction, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 use crate::state::AppState;
@@ -87,14 +98,24 @@ pub async fn run(
         routes: config.routes.into(),
         channels: channels.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout,
         retry_after: config.amqp.retry_after,
         draining: draining.clone(),
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let delay = config.server.shutdown_delay;
     tokio::spawn(async move {
         shutdown.await;
+        // Readiness fails first; listeners keep serving (with `Connection: close`) for
+        // `shutdown_delay` so load balancers take the instance out before it refuses
+        // connections.
         draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "Shutdown requested; draining."
+        );
+        tokio::time::sleep(delay).await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -107,12 +128,14 @@ pub async fn run(
         routes = state.routes.len(),
         "Gateway listening."
     );
-    let public = axum::serve(
+    let limits = HttpLimits::from(&config.server);
+    let public = serve_public(
         listener,
-        app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()))
-    .into_future();
+        app(state.clone()),
+        limits,
+        state.draining.clone(),
+        stopped(stop_rx.clone()),
+    );
     let admin = axum::serve(admin_listener, admin::router(state))
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future();
@@ -140,5 +163,100 @@ pub async fn run(
         .close(remaining.max(std::time::Duration::from_secs(1)))
         .await;
     tracing::info!("Gateway stopped.");
+    Ok(())
+}
+
+/// Protocol limits for the public listener, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+struct HttpLimits {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+    max_headers: usize,
+}
+
+impl From<&ServerConfig> for HttpLimits {
+    fn from(s: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+        }
+    }
+}
+
+/// Most concurrent HTTP/2 streams per connection; more wait for a free stream.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// HTTP/2 keep-alive pings notice dead peers holding streams open.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Serves `router` on `listener` (HTTP/1.1 and h2c) with the protocol limits, until `stop`
+/// resolves; then stops accepting and waits for open connections to finish (the caller bounds
+/// the wait). hyper answers oversized heads with 431 (414 for the URI), conflicting framing
+/// (`Content-Length` with `Transfer-Encoding`) with 400, and closes connections whose head does
+/// not arrive within `header_read_timeout`.
+async fn serve_public(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    draining: Arc<AtomicBool>,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning; the listener is fine.
+                    tracing::warn!(%error, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let draining = draining.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let response = router.clone().oneshot(request);
+            let draining = draining.clone();
+            async move {
+                let mut response = response.await?;
+                if draining.load(Ordering::Relaxed) {
+                    // Close keep-alive connections one response at a time while draining.
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %error, "Connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub channels: ChannelSet,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// `server.body_read_timeout`.
+    pub body_read_timeout: Duration,
     /// `Retry-After` for broker-caused 503s.
     pub retry_after: Duration,
     /// Upstream clients for read routes.

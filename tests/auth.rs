@@ -478,12 +478,21 @@ async fn attack_table() {
             INVALID,
         ),
         (
+            "16 KB token (over the 8 KiB token limit)",
+            vec![bearer(&format!(
+                "{valid_head}.{}.{valid_sig}",
+                "A".repeat(16 * 1024)
+            ))],
+            INVALID,
+        ),
+        (
+            // Over server.max_header_bytes: hyper refuses the head before any auth code runs.
             "64 KB token",
             vec![bearer(&format!(
                 "{valid_head}.{}.{valid_sig}",
                 "A".repeat(64 * 1024)
             ))],
-            INVALID,
+            (431, None, None),
         ),
         (
             "two Authorization headers",
@@ -1039,4 +1048,75 @@ upstream = "users"
             seen.uri
         );
     }
+}
+
+#[tokio::test]
+async fn read_routes_propagate_identity_and_key_private_cache_by_subject() {
+    let origin = Origin::start("users").await;
+    let extra = format!(
+        r#"
+[upstreams.users]
+targets = ["{url}"]
+
+[[routes]]
+name = "me"
+path = "/me/{{*rest}}"
+methods = ["GET"]
+auth = "authenticated"
+upstream = "users"
+cache = {{ ttl = "60s" }}
+"#,
+        url = origin.url
+    );
+    let s = setup("", &extra).await;
+    let client = reqwest::Client::new();
+    let get = async |path: &str, token: &str| {
+        let res = client
+            .get(s.gw.at(path))
+            .header("authorization", bearer(token))
+            .header("x-auth-sub", "mallory")
+            .send()
+            .await
+            .unwrap();
+        let x_cache = res.headers()["x-cache"].to_str().unwrap().to_owned();
+        (x_cache, res.text().await.unwrap())
+    };
+    let mut alice_claims = claims("alice", &["user"], "");
+    alice_claims["email"] = json!("alice@example.com");
+    let alice = hs(&alice_claims);
+    let alice_again = hs(&{
+        let mut c = alice_claims.clone();
+        c["jti"] = json!("another-token-same-subject");
+        c
+    });
+    let bob = hs(&claims("bob", &["user"], ""));
+
+    // Private (no `public`/`s-maxage`): one entry per subject.
+    let private = "/me/profile?cc=max-age%3D60";
+    assert_eq!(get(private, &alice).await.0, "MISS");
+    let (x, body) = get(private, &bob).await;
+    assert_eq!(x, "MISS", "bob must not be served alice's entry: {body}");
+    assert_eq!(
+        get(private, &alice_again).await.0,
+        "HIT",
+        "same subject, another token"
+    );
+    assert_eq!(origin.hits("/me/profile"), 2);
+
+    // Marked public by the upstream: shared across subjects.
+    let shared = "/me/news?cc=public%2C%20max-age%3D60";
+    assert_eq!(get(shared, &alice).await.0, "MISS");
+    assert_eq!(get(shared, &bob).await.0, "HIT");
+
+    // The upstream sees the verified identity, never the forged header.
+    let seen = origin.seen();
+    let first = &seen[0];
+    assert_eq!(first.headers["x-auth-sub"], "alice");
+    assert_eq!(first.headers["x-auth-email"], "alice@example.com");
+    assert_eq!(seen[1].headers["x-auth-sub"], "bob");
+    assert!(seen.iter().all(|s| s.headers["x-auth-sub"] != "mallory"));
+    assert!(
+        seen.iter()
+            .all(|s| !s.headers.contains_key("authorization"))
+    );
 }

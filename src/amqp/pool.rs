@@ -33,8 +33,17 @@ use super::{Event, PoolSettings, PublishError};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often a supervisor looks for channels the broker closed on their own.
+/// How often a supervisor looks for channels the broker closed on their own, and for a
+/// connection closed without an error event (a broker's `connection.close`, e.g. on
+/// `stop_app` or `close_connection`, only changes the connection's status).
 const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// AMQP heartbeat (seconds) requested when the URL does not set `heartbeat`: a connection
+/// whose peer went silent (host gone, network partition, frozen broker) is declared dead
+/// after two missed intervals, ~20 s, instead of the broker's default 60 s (~120 s). Pending
+/// confirms end earlier anyway, at `confirm_timeout`.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Longest wait for a clean `connection.close` of a connection we give up on.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One publishable channel and the blocked flag of its connection.
 #[derive(Clone)]
@@ -101,7 +110,7 @@ impl ChannelSet {
             recycle: Some(settings.connect_timeout),
         };
         let pool = deadpool_lapin::Config {
-            url: Some(settings.url.clone()),
+            url: Some(with_default_heartbeat(&settings.url)),
             pool: Some(pool_config),
         }
         .create_pool(props, Runtime::Tokio1)
@@ -217,12 +226,69 @@ impl Inner {
     }
 }
 
+/// `url` with `heartbeat=DEFAULT_HEARTBEAT_SECS` added unless it sets a heartbeat itself.
+/// Appended as text rather than re-serialised, so nothing else in the URL can change.
+fn with_default_heartbeat(url: &str) -> String {
+    let has_heartbeat = url
+        .parse::<lapin::uri::AMQPUri>()
+        .map_or(true, |uri| uri.query.heartbeat.is_some());
+    if has_heartbeat {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={DEFAULT_HEARTBEAT_SECS}")
+}
+
 async fn open_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
     let channel = conn.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// Declares the configured exchanges, durable (idempotent when they exist as configured).
+async fn declare_exchanges(
+    channel: &Channel,
+    exchanges: &[(String, lapin::ExchangeKind)],
+) -> Result<(), String> {
+    for (name, kind) in exchanges {
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                kind.clone(),
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("declare exchange `{name}`: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Re-declares the configured exchanges on a short-lived channel of its own, so that a
+/// failure (which closes the channel it happens on) costs no publishing channel.
+async fn redeclare_exchanges(conn: &Connection, inner: &Inner) -> Result<(), String> {
+    if inner.settings.exchanges.is_empty() {
+        return Ok(());
+    }
+    let work = async {
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| format!("open channel: {e}"))?;
+        declare_exchanges(&channel, &inner.settings.exchanges).await?;
+        let _ = channel.close(200, "exchanges declared".into()).await;
+        Ok(())
+    };
+    match tokio::time::timeout(inner.settings.connect_timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err("re-declaring exchanges timed out".to_owned()),
+    }
 }
 
 /// Connects slot `slot` and sets up its channels and exchanges.
@@ -242,21 +308,7 @@ async fn connect(inner: &Inner) -> Result<(deadpool_lapin::Connection, Vec<Chann
             );
         }
         if let Some(first) = channels.first() {
-            for (name, kind) in &inner.settings.exchanges {
-                let options = ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                };
-                first
-                    .exchange_declare(
-                        name.as_str().into(),
-                        kind.clone(),
-                        options,
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|e| format!("declare exchange `{name}`: {e}"))?;
-            }
+            declare_exchanges(first, &inner.settings.exchanges).await?;
         }
         Ok((conn, channels))
     };
@@ -279,11 +331,20 @@ async fn supervise(slot: usize, inner: Arc<Inner>, mut stop: watch::Receiver<boo
                 tracing::info!(slot, channels = channels.len(), "AMQP connection ready.");
                 let stopped = serve(slot, &inner, &conn, channels, &mut stop).await;
                 inner.set_slot(slot, Vec::new());
-                // A connection we saw fail is detached from the pool so it is never handed out
-                // again; on a clean stop it is closed below.
+                // Detached from the pool, so a connection we gave up on is never handed out
+                // again, and closed: on a clean stop, or when we abandon one that still looks
+                // alive (a channel could not be reopened, exchanges could not be declared).
+                // Bounded: on a half-dead socket the close-ok may never come.
                 let conn = deadpool_lapin::Object::take(conn);
+                if stopped || conn.status().connected() {
+                    let (code, why) = if stopped {
+                        (200, "gateway shutting down")
+                    } else {
+                        (320, "gateway reconnecting")
+                    };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(code, why.into())).await;
+                }
                 if stopped {
-                    let _ = conn.close(200, "gateway shutting down".into()).await;
                     return;
                 }
                 tracing::warn!(slot, "AMQP connection lost; reconnecting.");
@@ -309,6 +370,8 @@ async fn serve(
     mut channels: Vec<Channel>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
+    // Subscribe before reading the status, so that no block/unblock falls in between.
+    let mut events = conn.events_listener();
     let blocked = Arc::new(AtomicBool::new(conn.status().blocked()));
     let publish = |channels: &[Channel]| {
         inner.set_slot(
@@ -323,7 +386,6 @@ async fn serve(
         );
     };
     publish(&channels);
-    let mut events = conn.events_listener();
     let mut tick = tokio::time::interval(CHANNEL_CHECK_INTERVAL);
     loop {
         tokio::select! {
@@ -347,8 +409,10 @@ async fn serve(
                     blocked.store(false, Ordering::Relaxed);
                 }
                 Some(ConnEvent::Error(error)) => {
-                    tracing::warn!(slot, %error, "AMQP connection error.");
-                    return false;
+                    // lapin reports channel errors here too (a 404 on a publish to a deleted
+                    // exchange, a 406): the connection's status below tells them apart, and
+                    // only a connection error costs the sibling channels.
+                    tracing::warn!(slot, %error, "AMQP error.");
                 }
                 Some(_) => {}
                 None => return false,
@@ -356,9 +420,12 @@ async fn serve(
             _ = tick.tick() => {}
             _ = inner.check.notified() => {}
         }
-        if !conn.status().connected() {
+        let status = conn.status();
+        if !status.connected() {
             return false;
         }
+        // The status is set before the event is sent: this heals a missed event.
+        blocked.store(status.blocked(), Ordering::Relaxed);
         // Replace channels the broker closed on their own (the connection is still fine).
         let mut changed = false;
         for channel in &mut channels {
@@ -377,6 +444,15 @@ async fn serve(
             }
         }
         if changed {
+            // A channel closed by the broker is often a publish to an exchange that is gone
+            // (deleted by an operator or a policy): declare the configured ones again before
+            // the channels go back into service, or every channel would die the same way. An
+            // exchange that cannot be declared fails this connection, as at start-up, and so
+            // readiness once every connection fails.
+            if let Err(error) = redeclare_exchanges(conn, inner).await {
+                tracing::warn!(slot, %error, "Could not declare the exchanges again.");
+                return false;
+            }
             publish(&channels);
         }
     }

@@ -124,6 +124,38 @@ pub struct ServerConfig {
     /// How long in-flight requests get to finish after SIGTERM/SIGINT. Default 30s.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, keep serving this long with `/readyz` failing and `Connection: close` on
+    /// every response, before refusing new connections (lets load balancers notice). Default 0s.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// Deadline for a request head to arrive (slowloris). hyper uses the same timer while a
+    /// keep-alive connection is idle, so this is also the idle timeout: keep it above the
+    /// upstream keep-alive timeout of any proxy in front (deploy/nginx.conf uses 5s). Default 10s.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Deadline for reading a request body; a stalled body gets 408. Default 30s.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line + headers) in bytes: 431 beyond it (414 for the
+    /// URI). Default 32 KiB, at least 8 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers: 431 beyond it. Default 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+}
+
+const fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+const fn default_max_headers() -> usize {
+    100
 }
 
 const fn default_max_body_bytes() -> usize {
@@ -717,6 +749,23 @@ impl RawConfig {
                     "must be between 1 and {MAX_BODY_BYTES_LIMIT} (broker max_message_size minus headroom)"
                 ),
             ));
+        }
+        if !(8192..=1024 * 1024).contains(&server.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if !(1..=1000).contains(&server.max_headers) {
+            return Err(invalid("server.max_headers", "must be between 1 and 1000"));
+        }
+        for (key, value) in [
+            ("server.header_read_timeout", server.header_read_timeout),
+            ("server.body_read_timeout", server.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
         }
         let amqp = self.amqp.validate()?;
         if self.cache.max_object_bytes == 0

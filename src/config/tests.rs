@@ -139,6 +139,18 @@ fn server_rules() {
         ),
         &["server.trusted_proxies"],
     );
+    for (k, v) in [
+        ("max_header_bytes", "100"),
+        ("max_headers", "0"),
+        ("header_read_timeout", "\"0s\""),
+        ("body_read_timeout", "\"0s\""),
+    ] {
+        let err = error_of(
+            "admin_listen = \"127.0.0.1:9090\"",
+            &format!("admin_listen = \"127.0.0.1:9090\"\n{k} = {v}"),
+        );
+        assert_has(&err, &[&format!("server.{k}")]);
+    }
 }
 
 #[test]

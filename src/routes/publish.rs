@@ -72,7 +72,7 @@ pub async fn handle(
     let headers = &parts.headers;
     let target = &route.target;
 
-    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let body = read_body(headers, body, state.max_body_bytes, state.body_read_timeout).await?;
     let content_type = check_content_type(headers, &parts.method, &body, target)?;
     let routing_key = render_routing_key(target, &params)?;
 
@@ -187,7 +187,12 @@ fn publish_error(e: PublishError, state: &AppState, route: &str, event_id: &str)
 }
 
 /// Reads the body under the limit and undoes `Content-Encoding: gzip`, also under the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
     let too_large = GatewayError::PayloadTooLarge { limit };
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -213,7 +218,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             ));
         }
     };
-    let raw = match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| GatewayError::RequestTimeout)?;
+    let raw = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
         Err(_) => {
@@ -418,9 +426,14 @@ mod tests {
         let gz = enc.finish().unwrap();
         let mut h = HeaderMap::new();
         h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let err = read_body(&h, Body::from(gz), 1024 * 1024)
-            .await
-            .unwrap_err();
+        let err = read_body(
+            &h,
+            Body::from(gz),
+            1024 * 1024,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, GatewayError::PayloadTooLarge { .. }));
     }
 }

@@ -27,6 +27,7 @@ use tower::{Layer, ServiceExt};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 
+use crate::auth::Identity;
 use crate::cache::{self, Cache, Encoded, Entry, Flight, etag, policy};
 use crate::config::{CompressPolicy, ProxyTarget};
 use crate::error::GatewayError;
@@ -70,6 +71,8 @@ struct Call<'a> {
     peer: Option<IpAddr>,
     /// Compress the response if the client accepts it.
     compress: bool,
+    /// The verified caller, on routes that require a token.
+    identity: Option<Identity>,
 }
 
 /// Handles one read request.
@@ -93,7 +96,9 @@ pub async fn handle(
         // BREACH: no compression of responses to authenticated requests by default.
         CompressPolicy::Auto => !has_credentials,
     };
+    let identity = parts.extensions.get::<Identity>().cloned();
     let call = Call {
+        identity,
         state: &state,
         route: &route,
         parts: &parts,
@@ -233,6 +238,17 @@ impl Call<'_> {
     ) -> Result<(http::response::Parts, Buffered), GatewayError> {
         let mut headers =
             upstream_request_headers(&self.parts.headers, &self.forward_context(for_cache));
+        // Client copies of X-Auth-* were dropped above; these come from the verified token.
+        if let Some(identity) = &self.identity {
+            for (name, value) in identity.headers() {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+        }
         for (k, v) in extra {
             headers.insert(k, v.clone());
         }
@@ -314,10 +330,12 @@ impl Call<'_> {
         self.parts.uri.path()
     }
 
-    /// The subject private entries are keyed by, when the request is authenticated.
+    /// The subject private entries are keyed by, when the request is authenticated: the
+    /// verified token's `sub`, or, on a public route that forwards credentials, a hash of them.
     fn subject(&self) -> Option<String> {
-        // Until JWT verification lands every cached route is public; a request that carries
-        // credentials we forward is keyed by those credentials' hash so nothing is shared.
+        if let Some(identity) = &self.identity {
+            return Some(identity.subject.clone());
+        }
         if self.route.target.forward_authorization {
             return self
                 .parts

@@ -95,7 +95,11 @@ pub fn booted_here() -> bool {
 /// Panics when the node name is unknown: `AMQP_TEST_URL` set without
 /// `AMQP_TEST_NODE`.
 pub fn rabbitmqctl(args: &[&str]) -> Output {
-    let info = node();
+    rabbitmqctl_on(node(), args)
+}
+
+/// [`rabbitmqctl`] against the node described by `info`.
+fn rabbitmqctl_on(info: &NodeInfo, args: &[&str]) -> Output {
     let name = info.node.as_deref().unwrap_or_else(|| {
         panic!(
             "rabbitmqctl: node name unknown: AMQP_TEST_URL is set but AMQP_TEST_NODE is not \
@@ -167,6 +171,127 @@ pub async fn rabbitmqctl_ok_async(args: &[&str]) -> String {
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// A RabbitMQ node of this test binary's own, booted with `scripts/broker.sh` whether or not
+/// `AMQP_TEST_URL` is set: for fault tests that stop, kill, disconnect or alarm the broker,
+/// which must never do that to the node other tests share.
+///
+/// One per test binary ([`private_node`]); tests in the binary that fault it must run one at a
+/// time (hold a lock). Like the shared node, it is stopped and removed by the script's watchdog
+/// once the test process is gone.
+#[derive(Debug)]
+pub struct PrivateNode {
+    info: NodeInfo,
+}
+
+static PRIVATE: OnceLock<Result<PrivateNode, String>> = OnceLock::new();
+
+/// The private node of this test binary; boots it on first use (~5 s, on tokio's blocking
+/// pool). Panics with the node's log tail if it cannot be booted.
+pub async fn private_node() -> &'static PrivateNode {
+    let node = tokio::task::spawn_blocking(|| {
+        PRIVATE.get_or_init(|| boot().map(|info| PrivateNode { info }))
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    match node {
+        Ok(node) => node,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl PrivateNode {
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f`; the port stays the same across
+    /// [`PrivateNode::down`] / [`PrivateNode::up`].
+    pub fn url(&self) -> &str {
+        &self.info.url
+    }
+
+    /// Where it is and how to control it.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// `rabbitmqctl ARGS...` against this node, on tokio's blocking pool (see
+    /// [`rabbitmqctl_async`]); returns the output whatever the exit status.
+    pub async fn ctl(&self, args: &[&str]) -> Output {
+        let info = self.info.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            rabbitmqctl_on(&info, &args)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Like [`PrivateNode::ctl`], but panics unless it exits 0; returns stdout.
+    pub async fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args).await;
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops the node's Erlang VM (`broker.sh down`): gracefully (clients get
+    /// `connection.close`), or with `kill` by SIGKILL (sockets reset, no goodbye). State,
+    /// ports and epmd stay for [`PrivateNode::up`]. Returns once the VM is gone.
+    pub async fn down(&self, kill: bool) {
+        let mut args = vec!["down"];
+        if kill {
+            args.push("--kill");
+        }
+        self.script(&args).await;
+    }
+
+    /// Boots the VM again on the same ports with the same data (`broker.sh up`) and returns
+    /// once it accepts AMQP connections.
+    pub async fn up(&self) {
+        self.script(&["up"]).await;
+    }
+
+    /// Tail of the node's logs.
+    pub fn log_tail(&self, lines: usize) -> String {
+        match &self.info.dir {
+            Some(dir) => log_tail(dir, lines),
+            None => String::new(),
+        }
+    }
+
+    async fn script(&self, args: &[&str]) {
+        let dir = self
+            .info
+            .dir
+            .clone()
+            .expect("a private node has a state dir");
+        let shown = args.join(" ");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            let (cmd, rest) = args.split_first().expect("a command");
+            Command::new("timeout")
+                .args(["--kill-after=5", "120", "bash", BROKER_SH, cmd])
+                .arg(&dir)
+                .args(rest)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {BROKER_SH}: {e}"))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        assert!(
+            out.status.success(),
+            "broker.sh {shown} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(30)
+        );
+    }
 }
 
 /// Tail of the node's logs (only for nodes booted by broker.sh: booted here

@@ -5,9 +5,13 @@
 //! * [`broker`] — the RabbitMQ node the tests talk to: [`amqp_url`] returns
 //!   `AMQP_TEST_URL` when set, otherwise boots one private, throwaway node per
 //!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] /
-//!   [`rabbitmqctl_async`] control that node for fault tests.
+//!   [`rabbitmqctl_async`] control that node. Fault tests that stop, kill or alarm the
+//!   broker use [`private_node`] instead: a node of the test binary's own (never the shared
+//!   one), with `down`/`up` (same ports, same data) and its own `ctl`.
 //! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query.
 //! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0.
+//! * [`load`] — timed writes ([`load::post_event`]), concurrent writers recording every
+//!   answer ([`load::Writers`]) and the drain-and-count check ([`load::DrainReport`]).
 //! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
 //!   queue bound to an exchange, read with deadlines (`next`, `drain`,
 //!   `count`).
@@ -42,12 +46,13 @@
 pub mod amqp;
 pub mod broker;
 pub mod gateway;
+pub mod load;
 pub mod origin;
 
 pub use amqp::{TestQueue, unique_name};
 pub use broker::{
-    NodeInfo, amqp_url, booted_here, free_port, node, node_log_tail, node_name, rabbitmqctl,
-    rabbitmqctl_async, rabbitmqctl_ok, rabbitmqctl_ok_async,
+    NodeInfo, PrivateNode, amqp_url, booted_here, free_port, node, node_log_tail, node_name,
+    private_node, rabbitmqctl, rabbitmqctl_async, rabbitmqctl_ok, rabbitmqctl_ok_async,
 };
 pub use gateway::{TestGateway, base_config};
 pub use origin::Origin;
