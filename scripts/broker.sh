@@ -41,6 +41,16 @@
 #   scripts/broker.sh logs DIR [LINES]
 #       Print the tail of the node's logs.
 #
+# Environment (read by `start` only; the defaults give the plain test node):
+#   BROKER_PLUGINS    plugins to enable, comma- or space-separated (default:
+#                     none). With rabbitmq_management, the management HTTP
+#                     API listens on 127.0.0.1:$BROKER_MGMT_PORT and
+#                     `start`/`env` also print
+#                       AMQP_TEST_MGMT_URL   http://127.0.0.1:PORT (guest/guest)
+#                     Used by bench/run.sh.
+#   BROKER_MGMT_PORT  the management listener's port (default: a free port
+#                     picked like the others).
+#
 # Example:
 #   dir=$(mktemp -d)
 #   eval "$(scripts/broker.sh start "$dir" --watch-pid $$)"
@@ -143,6 +153,9 @@ print_exports() {
     printf 'export AMQP_TEST_NODE_HOME=%q\n' "$B_DIR"
     printf 'export AMQP_TEST_EPMD_PORT=%q\n' "$B_EPMD_PORT"
     printf 'export AMQP_TEST_BROKER_DIR=%q\n' "$B_DIR"
+    if [[ -n ${B_MGMT_PORT:-} ]]; then
+        printf 'export AMQP_TEST_MGMT_URL=%q\n' "http://127.0.0.1:$B_MGMT_PORT"
+    fi
 }
 
 show_logs() {
@@ -267,12 +280,23 @@ cmd_start() {
     B_DIST_PORT=$(pick_port "$B_NODE_PORT")
     B_EPMD_PORT=$(pick_port "$B_NODE_PORT" "$B_DIST_PORT")
     B_NODE="amqpgw-$$-$RANDOM@localhost"
+    # Optional plugins (BROKER_PLUGINS), as the Erlang list of enabled_plugins.
+    local plugins="" p want=${BROKER_PLUGINS:-}
+    for p in ${want//,/ }; do
+        [[ $p =~ ^[a-z0-9_]+$ ]] || die "BROKER_PLUGINS: bad plugin name '$p'"
+        plugins+="${plugins:+,}$p"
+    done
+    B_MGMT_PORT=""
+    if [[ ,$plugins, == *,rabbitmq_management,* ]]; then
+        B_MGMT_PORT=${BROKER_MGMT_PORT:-$(pick_port "$B_NODE_PORT" "$B_DIST_PORT" "$B_EPMD_PORT")}
+        [[ $B_MGMT_PORT =~ ^[0-9]+$ ]] || die "BROKER_MGMT_PORT must be a port number"
+    fi
 
     # State layout. The cookie must be readable by its owner only, or erl
     # refuses to start distribution.
     mkdir -p "$dir/mnesia" "$dir/log" "$dir/conf.d"
     : >"$dir/rabbitmq-env.conf"
-    echo '[].' >"$dir/enabled_plugins"
+    echo "[$plugins]." >"$dir/enabled_plugins"
     rm -f "$dir/.erlang.cookie"
     (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$dir/.erlang.cookie")
     chmod 400 "$dir/.erlang.cookie"
@@ -284,17 +308,21 @@ log.file.level = info
 # Tests run on small CI disks; alarms are set explicitly by fault tests.
 disk_free_limit.absolute = 1MB
 EOF
+    if [[ -n $B_MGMT_PORT ]]; then
+        printf 'management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n' "$B_MGMT_PORT" >>"$dir/rabbitmq.conf"
+    fi
     {
         printf 'B_DIR=%q\n' "$B_DIR"
         printf 'B_NODE=%q\n' "$B_NODE"
         printf 'B_NODE_PORT=%q\n' "$B_NODE_PORT"
         printf 'B_DIST_PORT=%q\n' "$B_DIST_PORT"
         printf 'B_EPMD_PORT=%q\n' "$B_EPMD_PORT"
+        printf 'B_MGMT_PORT=%q\n' "$B_MGMT_PORT"
     } >"$dir/broker.env"
 
     local t0
     t0=$(now_ms)
-    log "booting $B_NODE (amqp 127.0.0.1:$B_NODE_PORT, dist $B_DIST_PORT, epmd $B_EPMD_PORT) in $dir"
+    log "booting $B_NODE (amqp 127.0.0.1:$B_NODE_PORT, dist $B_DIST_PORT, epmd $B_EPMD_PORT${B_MGMT_PORT:+, management http $B_MGMT_PORT}) in $dir"
 
     # Everything is started with setsid and no inherited stdio: a terminal's
     # Ctrl-C must not kill it half-way, and `$(broker.sh start ...)` or

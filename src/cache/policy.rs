@@ -222,4 +222,34 @@ mod tests {
             Scope::Shared
         );
     }
+
+    mod fuzz {
+        //! Header parsers under arbitrary input.
+        use super::*;
+        use crate::cache::etag;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn cache_control_and_etag_parsers_never_panic(cc in "[ -~]{0,120}", inm in "[ -~]{0,120}", tag in "[ -~]{0,40}") {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&cc) {
+                    h.insert(header::CACHE_CONTROL, v.clone());
+                    h.insert(header::VARY, v);
+                }
+                let _ = Directives::parse(&h);
+                let _ = storable(StatusCode::OK, &h, true, TTL);
+                let _ = crate::cache::vary_names(&h, true);
+                if let (Ok(inm), Ok(tag)) = (HeaderValue::from_str(&inm), HeaderValue::from_str(&tag)) {
+                    let _ = etag::none_match_matches([&inm], Some(&tag));
+                    let weak = etag::weaken(&tag);
+                    // Weakening never changes what matches under weak comparison.
+                    prop_assert_eq!(
+                        etag::none_match_matches([&inm], Some(&tag)),
+                        etag::none_match_matches([&inm], Some(&weak))
+                    );
+                }
+            }
+        }
+    }
 }

@@ -726,3 +726,41 @@ fn every_file_in_config_dir_loads() {
     }
     assert!(found > 0, "no config files found in {}", dir.display());
 }
+
+mod fuzz {
+    //! Property tests (the project's fuzzing; `PROPTEST_CASES=100000 cargo test fuzz` for a
+    //! long run): loading never panics, and interpolated values survive TOML exactly.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn loading_arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = load(&text);
+        }
+
+        #[test]
+        fn loading_mutated_base_config_never_panics(cut in 0usize..600, insert in "\\PC{0,20}") {
+            let mut text = BASE.to_owned();
+            let at = cut.min(text.len());
+            let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            text.insert_str(at, &insert);
+            let _ = load(&text);
+        }
+
+        #[test]
+        fn interpolated_values_round_trip_through_toml(value in "\\PC{0,64}|[\"\\\\\\n\\t$}{]{0,16}") {
+            let env = |k: &str| (k == "V").then(|| value.clone());
+            let text = interpolate("k = \"${V}\"\nm = \"\"\"\n${V}\"\"\"\n", env).unwrap();
+            let table: toml::Table = toml::from_str(&text).unwrap();
+            prop_assert_eq!(table["k"].as_str(), Some(value.as_str()));
+            prop_assert_eq!(table["m"].as_str(), Some(value.as_str()));
+        }
+
+        #[test]
+        fn interpolating_arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = interpolate(&text, |_| Some("x".to_owned()));
+            let _ = interpolate(&text, |_| None);
+        }
+    }
+}

@@ -436,4 +436,33 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, GatewayError::PayloadTooLarge { .. }));
     }
+
+    mod fuzz {
+        //! Routing-key templating under arbitrary path parameters.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn accepted_keys_are_one_word_per_parameter(a in "\\PC{0,80}", b in "\\PC{0,200}") {
+                let t = target("order.{a}.x.{b}");
+                if let Ok(key) = render_routing_key(&t, &[("a", &a), ("b", &b)]) {
+                    prop_assert!(key.len() <= 255);
+                    prop_assert_eq!(key.split('.').count(), 4, "{}", key);
+                    prop_assert!(!key.contains(['*', '#']));
+                    prop_assert!(!key.chars().any(char::is_control));
+                    prop_assert_eq!(key, format!("order.{a}.x.{b}"));
+                }
+            }
+
+            #[test]
+            fn idempotency_keys_never_panic(key in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_bytes(&key) {
+                    h.insert("idempotency-key", v);
+                }
+                let _ = event_id(&h, "r");
+            }
+        }
+    }
 }

@@ -281,7 +281,10 @@ impl DrainReport {
         );
         assert_eq!(self.unexpected, 0, "messages nobody sent: {self}");
         assert_eq!(self.id_mismatches, 0, "event_id != message_id: {self}");
-        assert!(self.other.is_empty(), "answers other than 2xx/503/504: {self}");
+        assert!(
+            self.other.is_empty(),
+            "answers other than 2xx/503/504: {self}"
+        );
         assert!(self.accepted > 0, "nothing was accepted at all: {self}");
     }
 }
