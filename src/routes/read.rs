@@ -295,9 +295,7 @@ impl Call<'_> {
             }
             Buffered::Partial(prefix, rest) => partial_body(prefix, rest),
         };
-        let mut response = Response::new(body);
-        *response.status_mut() = parts.status;
-        *response.headers_mut() = headers;
+        let response = build(parts.status, headers, body);
         Ok(self.finish(response, None).await)
     }
 
@@ -383,7 +381,7 @@ impl Call<'_> {
                     .await
             }
             None => {
-                let result = self.miss(cache, subject.as_deref(), ttl, None).await;
+                let result = self.miss(cache, subject.as_deref(), ttl).await;
                 drop(flight);
                 result
             }
@@ -396,49 +394,16 @@ impl Call<'_> {
         cache: &Cache,
         subject: Option<&str>,
         ttl: Duration,
-        extra: Option<&HeaderMap>,
     ) -> Result<Response, GatewayError> {
         let (parts, body) = self
             .fetch(
                 &Method::GET,
                 true,
-                extra.unwrap_or(&HeaderMap::new()),
+                &HeaderMap::new(),
                 cache.max_object_bytes(),
             )
             .await?;
-        let mut headers = response_headers(&parts.headers);
-        let bytes = match body {
-            Buffered::Complete(bytes) => bytes,
-            Buffered::Partial(prefix, rest) => {
-                // Too large to store: stream it through.
-                let mut response = Response::new(partial_body(prefix, rest));
-                *response.status_mut() = parts.status;
-                *response.headers_mut() = headers;
-                return Ok(self.finish(response, Some("MISS")).await);
-            }
-        };
-        self.maybe_generate_etag(parts.status, &mut headers, &bytes);
-        let authenticated = subject.is_some();
-        let Some(decision) = policy::storable(parts.status, &headers, authenticated, ttl) else {
-            let mut response = Response::new(Body::from(bytes));
-            *response.status_mut() = parts.status;
-            *response.headers_mut() = headers;
-            return Ok(self.finish(response, Some("MISS")).await);
-        };
-        let base = match decision.scope {
-            policy::Scope::Shared => self.base_key(None),
-            policy::Scope::Subject => self.base_key(subject),
-        };
-        let identity = !headers.contains_key(header::CONTENT_ENCODING);
-        let vary = cache::vary_names(&headers, identity);
-        let entry = cache.store(
-            &base,
-            self.path(),
-            vary,
-            &self.parts.headers,
-            Entry::new(parts.status, headers, bytes, decision.fresh_for),
-        );
-        Ok(self.serve(cache, entry, "MISS").await)
+        self.store_fetched(cache, subject, ttl, parts, body).await
     }
 
     /// Revalidates a stale entry with its validators: 304 refreshes it, anything else replaces
@@ -457,7 +422,7 @@ impl Call<'_> {
         } else if let Some(lm) = entry.headers.get(header::LAST_MODIFIED) {
             conditional.insert(header::IF_MODIFIED_SINCE, lm.clone());
         } else {
-            return self.miss(cache, subject, ttl, None).await;
+            return self.miss(cache, subject, ttl).await;
         }
         let (parts, body) = self
             .fetch(&Method::GET, true, &conditional, cache.max_object_bytes())
@@ -496,14 +461,13 @@ impl Call<'_> {
         body: Buffered,
     ) -> Result<Response, GatewayError> {
         let mut headers = response_headers(&parts.headers);
-        let Buffered::Complete(bytes) = body else {
-            let Buffered::Partial(prefix, rest) = body else {
-                return Err(GatewayError::Internal);
-            };
-            let mut response = Response::new(partial_body(prefix, rest));
-            *response.status_mut() = parts.status;
-            *response.headers_mut() = headers;
-            return Ok(self.finish(response, Some("MISS")).await);
+        let bytes = match body {
+            Buffered::Complete(bytes) => bytes,
+            Buffered::Partial(prefix, rest) => {
+                // Too large to store: stream it through.
+                let response = build(parts.status, headers, partial_body(prefix, rest));
+                return Ok(self.finish(response, Some("MISS")).await);
+            }
         };
         self.maybe_generate_etag(parts.status, &mut headers, &bytes);
         match policy::storable(parts.status, &headers, subject.is_some(), ttl) {
@@ -524,9 +488,7 @@ impl Call<'_> {
                 Ok(self.serve(cache, entry, "MISS").await)
             }
             None => {
-                let mut response = Response::new(Body::from(bytes));
-                *response.status_mut() = parts.status;
-                *response.headers_mut() = headers;
+                let response = build(parts.status, headers, Body::from(bytes));
                 Ok(self.finish(response, Some("MISS")).await)
             }
         }
@@ -545,12 +507,7 @@ impl Call<'_> {
         if let Some(not_modified) = self.not_modified(entry.status, &headers) {
             return not_modified;
         }
-        let respond = |headers: HeaderMap, body: Bytes| {
-            let mut response = Response::new(Body::from(body));
-            *response.status_mut() = entry.status;
-            *response.headers_mut() = headers;
-            response
-        };
+        let respond = |headers: HeaderMap, body: Bytes| build(entry.status, headers, body);
         let accept = self.parts.headers.get(header::ACCEPT_ENCODING);
         let Some(accept) = accept
             .filter(|_| self.compress && !entry.headers.contains_key(header::CONTENT_ENCODING))
@@ -671,6 +628,14 @@ impl Call<'_> {
             }
         }
     }
+}
+
+/// A response from its parts.
+fn build(status: StatusCode, headers: HeaderMap, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 fn append_vary_accept_encoding(headers: &mut HeaderMap) {
