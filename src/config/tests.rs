@@ -768,7 +768,8 @@ mod fuzz {
 #[test]
 fn the_compose_deployment_config_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.toml");
-    let env = |k: &str| (k == "AMQP_URL").then(|| "amqp://gateway:gateway@rabbitmq:5672/%2f".to_owned());
+    let env =
+        |k: &str| (k == "AMQP_URL").then(|| "amqp://gateway:gateway@rabbitmq:5672/%2f".to_owned());
     let config = Config::load(&path, env).unwrap_or_else(|e| panic!("{e}"));
     assert!(!config.routes.is_empty());
 }
