@@ -29,12 +29,14 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// `amqp.connect_timeout` of the gateways under test.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Every write is answered within confirm_timeout + connect_timeout + 1 s of scheduling slack
-/// (README guarantee 7).
-const WRITE_BOUND: Duration = Duration::from_secs(3 + 1 + 1);
+/// Every write is answered within this. The request path never waits for a connection (a
+/// write finds a live channel or is refused at once), so the bound is `confirm_timeout` plus
+/// 1 s of scheduling slack on a busy 2-core machine — tighter than the promised
+/// `confirm_timeout` + `connect_timeout` + ε.
+const WRITE_BOUND: Duration = Duration::from_secs(3 + 1);
 /// A write refused because no channel can publish is answered at once, far below
 /// `confirm_timeout`.
-const FAST_REJECT: Duration = Duration::from_millis(500);
+const FAST_REJECT: Duration = Duration::from_secs(1);
 /// Deadline for the gateway to notice an outage.
 const NOTICE: Duration = Duration::from_secs(5);
 /// Deadline for the gateway to be fully back after the broker is (reconnect backoff is at most

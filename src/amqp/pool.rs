@@ -8,7 +8,8 @@
 //! that requests read. When the connection fails the supervisor withdraws its channels first,
 //! detaches the dead connection from the pool (it is never reused), and reconnects with
 //! exponential backoff. A channel closed by the broker on its own (e.g. a 404 on a deleted
-//! exchange) is replaced without touching its connection's other channels.
+//! exchange) is replaced without touching its connection's other channels, after the
+//! configured exchanges are declared again.
 //!
 //! Requests pick channels round-robin and never hold them: many publishes are in flight on one
 //! channel at a time (lapin pipelines them and matches confirms by delivery tag), so there is
@@ -430,14 +431,20 @@ async fn serve(
         let mut changed = false;
         for channel in &mut channels {
             if !channel.status().connected() {
-                match open_channel(conn).await {
-                    Ok(fresh) => {
+                // Bounded: a broker that stopped answering must not park the supervisor.
+                match tokio::time::timeout(inner.settings.connect_timeout, open_channel(conn)).await
+                {
+                    Ok(Ok(fresh)) => {
                         tracing::info!(slot, "Replaced a closed AMQP channel.");
                         *channel = fresh;
                         changed = true;
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         tracing::warn!(slot, %error, "Could not reopen an AMQP channel.");
+                        return false;
+                    }
+                    Err(_) => {
+                        tracing::warn!(slot, "Reopening an AMQP channel timed out.");
                         return false;
                     }
                 }
@@ -455,5 +462,29 @@ async fn serve(
             }
             publish(&channels);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_only_when_the_url_has_none() {
+        assert_eq!(
+            with_default_heartbeat("amqp://u:p@h:5672/%2f"),
+            "amqp://u:p@h:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with_default_heartbeat("amqp://h/%2f?frame_max=8192"),
+            "amqp://h/%2f?frame_max=8192&heartbeat=10"
+        );
+        // The operator's choice wins, 0 (off) included.
+        for url in ["amqp://h/%2f?heartbeat=30", "amqp://h/%2f?heartbeat=0"] {
+            assert_eq!(with_default_heartbeat(url), url);
+        }
+        // What lapin then negotiates from.
+        let uri: lapin::uri::AMQPUri = with_default_heartbeat("amqp://h/%2f").parse().unwrap();
+        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
     }
 }

@@ -186,6 +186,9 @@ pub struct DrainReport {
     pub rejected: usize,
     /// Answered 504: outcome unknown.
     pub unknown: usize,
+    /// Answered 502: only from a proxy in front (an instance died with the request); like
+    /// 504, the outcome is unknown.
+    pub bad_gateway: usize,
     /// Any other answer (or none): `(status, count)`.
     pub other: Vec<(u16, usize)>,
     /// Messages drained from the queue.
@@ -196,7 +199,7 @@ pub struct DrainReport {
     pub lost: usize,
     /// Keys seen more than once in the queue.
     pub duplicates: usize,
-    /// Answered 504 (unknown) and in the queue anyway.
+    /// Answered 504 or 502 (unknown) and in the queue anyway.
     pub recovered: usize,
     /// Answered 503 (rejected) and in the queue anyway: a broken promise, must be 0.
     pub rejected_but_found: usize,
@@ -225,6 +228,7 @@ impl DrainReport {
                 200..=299 => r.accepted += 1,
                 503 => r.rejected += 1,
                 504 => r.unknown += 1,
+                502 => r.bad_gateway += 1,
                 s => *other.entry(s).or_default() += 1,
             }
             r.max_latency = r.max_latency.max(reply.latency);
@@ -264,16 +268,26 @@ impl DrainReport {
                     }
                 }
                 503 if found => r.rejected_but_found += 1,
-                504 if found => r.recovered += 1,
+                502 | 504 if found => r.recovered += 1,
                 _ => {}
             }
         }
         r
     }
 
-    /// Panics unless nothing accepted was lost, nothing rejected was queued, nothing unknown
-    /// was queued twice... and every answer was 2xx, 503 or 504.
+    /// Panics unless nothing accepted was lost, nothing rejected was queued, every queued
+    /// message was sent, and every answer was 2xx, 503 or 504 (the gateway's own answers).
     pub fn assert_sound(&self) {
+        assert_eq!(
+            self.bad_gateway, 0,
+            "the gateway never answers a write 502: {self}"
+        );
+        self.assert_sound_behind_proxy();
+    }
+
+    /// [`DrainReport::assert_sound`], but 502 (a proxy's answer when an instance died with
+    /// the request) is allowed too.
+    pub fn assert_sound_behind_proxy(&self) {
         assert_eq!(self.lost, 0, "accepted writes lost: {self}");
         assert_eq!(
             self.rejected_but_found, 0,
@@ -283,7 +297,7 @@ impl DrainReport {
         assert_eq!(self.id_mismatches, 0, "event_id != message_id: {self}");
         assert!(
             self.other.is_empty(),
-            "answers other than 2xx/503/504: {self}"
+            "answers other than 2xx/502/503/504: {self}"
         );
         assert!(self.accepted > 0, "nothing was accepted at all: {self}");
     }
@@ -293,13 +307,15 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sent={} accepted={} rejected(503)={} unknown(504)={} other={:?} | drained={} \
+            "sent={} accepted={} rejected(503)={} unknown(504)={} bad_gateway(502)={} other={:?} \
+             | drained={} \
              found={} lost={} duplicates={} recovered={} rejected_but_found={} unexpected={} \
              id_mismatches={} | max_latency={:?}",
             self.sent,
             self.accepted,
             self.rejected,
             self.unknown,
+            self.bad_gateway,
             self.other,
             self.drained,
             self.found,

@@ -12,6 +12,9 @@
 //! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0.
 //! * [`load`] — timed writes ([`load::post_event`]), concurrent writers recording every
 //!   answer ([`load::Writers`]) and the drain-and-count check ([`load::DrainReport`]).
+//! * [`nginx`] — [`nginx::Nginx`]: real nginx with a config derived from `deploy/nginx.conf`.
+//! * [`process`] — [`process::GatewayProcess`]: the real binary as a child process (SIGKILL,
+//!   SIGTERM).
 //! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
 //!   queue bound to an exchange, read with deadlines (`next`, `drain`,
 //!   `count`).
@@ -47,7 +50,9 @@ pub mod amqp;
 pub mod broker;
 pub mod gateway;
 pub mod load;
+pub mod nginx;
 pub mod origin;
+pub mod process;
 
 pub use amqp::{TestQueue, unique_name};
 pub use broker::{
