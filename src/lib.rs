@@ -4,7 +4,7 @@
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`] (interpolation, rules).
 //! - [`server`]: [`run`] — listeners, graceful shutdown, drain.
-//! - [`app`]: [`app()`] — the public router and its middleware stack.
+//! - [`mod@app`]: [`app()`] — the public router and its middleware stack.
 //! - [`routes`]: handlers; [`routes::publish`] turns a write into an event, [`routes::read`]
 //!   proxies a read through the cache.
 //! - [`auth`]: JWT verification (keys, JWKS refresh), [`auth::Identity`], and the per-route

@@ -1,0 +1,378 @@
+//! Who may call: `[auth]` (token verification keys and claim rules), `[cors]`, and the
+//! per-route `auth = {...}` policy, with their validation rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::route::AuthPolicy;
+use super::{Invalid, Secret, invalid};
+
+/// `[auth]`: how bearer tokens are verified. Optional while every route is public.
+///
+/// Every token must carry `exp`, `iss`, `aud` and `sub`; `nbf` is enforced when present.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required `iss` claim (exact match). Required, not empty.
+    pub issuer: String,
+    /// Required `aud` claim (the token's `aud`, string or array, must contain it). Required,
+    /// not empty.
+    pub audience: String,
+    /// Clock leeway for `exp`/`nbf`. Default 30s, at most 60s.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claim holding the roles (array of strings, or one string); a dotted path such as
+    /// `realm_access.roles`. A claim whose name itself contains dots (`https://x.io/roles`) is
+    /// found too: the whole name is tried first. Default `roles`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claims propagated as identity headers: header suffix → claim name or dotted path.
+    /// `{ email = "email" }` sends the `email` claim as `X-Auth-Email` upstream (reads) and as
+    /// AMQP header `x-auth-email` (writes). The subject always goes as `x-auth-sub`. Suffixes
+    /// are 1–64 of `a-z 0-9 -`, not `sub`. Default: none.
+    #[serde(default)]
+    pub propagate_claims: BTreeMap<String, String>,
+    /// Verification keys, each with a fixed algorithm. At least one.
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// How often keys from a `jwks_url` are refetched. Default 5m, at least 1s.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// A token whose `kid` is unknown triggers a refetch of the JWKS URLs at most once per this
+    /// interval (counting every fetch). Default 30s, greater than zero.
+    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    pub jwks_cooldown: Duration,
+    /// Bound on one JWKS fetch (connect, headers and body). Default 5s, greater than zero.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+    /// How long the last good key set of a `jwks_url` stays in use while fetches fail; after
+    /// that its keys are dropped and its tokens get 401. Default 24h, at least `jwks_refresh`.
+    #[serde(default = "default_jwks_max_stale", with = "humantime_serde")]
+    pub jwks_max_stale: Duration,
+    /// Verified tokens whose claims are kept (keyed by the token's SHA-256), so a repeated token
+    /// skips signature verification. Default 10000; 0 disables the cache.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: u64,
+    /// Longest a verified token stays cached (never past its `exp` + leeway). Bounds how long a
+    /// token outlives the removal of its key from a JWKS. Default 60s, at most 1h.
+    #[serde(default = "default_token_cache_ttl", with = "humantime_serde")]
+    pub token_cache_ttl: Duration,
+}
+
+const fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+const fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+const fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+const fn default_token_cache_size() -> u64 {
+    10_000
+}
+const fn default_token_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[cors]` (global) and a route's `cors = { ... }`: CORS for browser clients.
+///
+/// Allowed methods are not configured: a preflight is answered with the methods the path
+/// serves. Preflights are answered before authentication.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to call: each `scheme://host[:port]` (no path, no trailing `/`), or
+    /// `["*"]` alone for any origin. Required, not empty.
+    pub allowed_origins: Vec<String>,
+    /// Request headers a page may send (answer to `Access-Control-Request-Headers`). Default:
+    /// `authorization`, `content-type`, `idempotency-key`, `if-none-match`, `traceparent`,
+    /// `x-request-id`.
+    #[serde(default = "default_cors_allowed_headers")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers a page's script may read. Default: `etag`, `location`, `retry-after`,
+    /// `www-authenticate`, `x-request-id`.
+    #[serde(default = "default_cors_exposed_headers")]
+    pub exposed_headers: Vec<String>,
+    /// How long a browser may reuse a preflight answer. Default 10m, at most 24h.
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies, client certificates). Not allowed
+    /// with `allowed_origins = ["*"]`. Default false.
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+fn default_cors_allowed_headers() -> Vec<String> {
+    [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "if-none-match",
+        "traceparent",
+        "x-request-id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_cors_exposed_headers() -> Vec<String> {
+    [
+        "etag",
+        "location",
+        "retry-after",
+        "www-authenticate",
+        "x-request-id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+const fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// JWS algorithms a key may be configured with (`none` is not one of them).
+pub const JWT_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+/// `[[auth.keys]]`: one verification key (or key set), with exactly one source.
+///
+/// Paths are relative to the working directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key id matched against the token's `kid`. A key without `kid` verifies only tokens
+    /// without `kid`. Unique among `secret`/`public_key_pem` keys; not allowed with JWKS
+    /// sources (their keys carry their own `kid`).
+    pub kid: Option<String>,
+    /// The only algorithm this key verifies: one of [`JWT_ALGORITHMS`]. For a JWKS, the
+    /// algorithm of every key taken from it (keys of another type, curve or `alg` are skipped).
+    pub algorithm: String,
+    /// HMAC secret for `HS*` (raw bytes of the string): at least 32/48/64 bytes for
+    /// HS256/384/512 (RFC 7518 §3.2). Use `${VAR}` interpolation.
+    pub secret: Option<Secret>,
+    /// PEM file with the public key for `RS*`/`PS*`/`ES*`/`EdDSA`; parsed at load time.
+    pub public_key_pem: Option<PathBuf>,
+    /// A JWKS file, read at load time. Not for `HS*`.
+    pub jwks_file: Option<PathBuf>,
+    /// An `http://` JWKS URL: fetched at start-up (start-up fails if it cannot be), then every
+    /// `auth.jwks_refresh` and on an unknown `kid`. Not for `HS*`.
+    pub jwks_url: Option<String>,
+}
+
+pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
+    if auth.issuer.is_empty() {
+        return Err(invalid("auth.issuer", "must not be empty"));
+    }
+    if auth.audience.is_empty() {
+        return Err(invalid("auth.audience", "must not be empty"));
+    }
+    if auth.leeway > Duration::from_secs(60) {
+        return Err(invalid("auth.leeway", "must be at most 60s"));
+    }
+    if auth.keys.is_empty() {
+        return Err(invalid("auth.keys", "at least one key is required"));
+    }
+    if !is_claim_path(&auth.roles_claim) {
+        return Err(invalid(
+            "auth.roles_claim",
+            "must be a claim name or dotted path",
+        ));
+    }
+    for (name, path) in &auth.propagate_claims {
+        let key = format!("auth.propagate_claims.{name}");
+        let valid_name = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_name || name == "sub" {
+            return Err(invalid(
+                key,
+                "header suffixes are 1–64 of a-z, 0-9, `-`, and not `sub` (always sent)",
+            ));
+        }
+        if !is_claim_path(path) {
+            return Err(invalid(key, "must be a claim name or dotted path"));
+        }
+    }
+    if auth.jwks_refresh < Duration::from_secs(1) {
+        return Err(invalid("auth.jwks_refresh", "must be at least 1s"));
+    }
+    if auth.jwks_cooldown.is_zero() {
+        return Err(invalid("auth.jwks_cooldown", "must be greater than zero"));
+    }
+    if auth.jwks_timeout.is_zero() {
+        return Err(invalid("auth.jwks_timeout", "must be greater than zero"));
+    }
+    if auth.jwks_max_stale < auth.jwks_refresh {
+        return Err(invalid(
+            "auth.jwks_max_stale",
+            "must be at least auth.jwks_refresh",
+        ));
+    }
+    if auth.token_cache_ttl > Duration::from_secs(3600) {
+        return Err(invalid("auth.token_cache_ttl", "must be at most 1h"));
+    }
+    let mut kids = BTreeSet::new();
+    for (i, k) in auth.keys.iter().enumerate() {
+        let key = |field: &str| format!("auth.keys[{i}].{field}");
+        let sources = [
+            k.secret.is_some(),
+            k.public_key_pem.is_some(),
+            k.jwks_file.is_some(),
+            k.jwks_url.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid(
+                format!("auth.keys[{i}]"),
+                "exactly one of secret, public_key_pem, jwks_file, jwks_url is required",
+            ));
+        }
+        if !JWT_ALGORITHMS.contains(&k.algorithm.as_str()) {
+            return Err(invalid(
+                key("algorithm"),
+                format!(
+                    "unsupported algorithm `{}` (one of {}; `none` never)",
+                    k.algorithm,
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            ));
+        }
+        let hmac = k.algorithm.starts_with("HS");
+        if hmac != k.secret.is_some() {
+            return Err(invalid(
+                key("algorithm"),
+                "HS* algorithms take `secret`; other algorithms take a public key or JWKS (never HMAC from a JWKS)",
+            ));
+        }
+        let jwks = k.jwks_file.is_some() || k.jwks_url.is_some();
+        if let Some(kid) = &k.kid {
+            if jwks {
+                return Err(invalid(
+                    key("kid"),
+                    "not allowed with a JWKS (its keys carry their own `kid`)",
+                ));
+            }
+            if kid.is_empty() || kid.len() > 256 || kid.chars().any(char::is_control) {
+                return Err(invalid(
+                    key("kid"),
+                    "must be 1–256 characters without control characters",
+                ));
+            }
+            if !kids.insert(kid.as_str()) {
+                return Err(invalid(key("kid"), format!("`{kid}` is used twice")));
+            }
+        }
+        if let Some(url) = &k.jwks_url {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|_| invalid(key("jwks_url"), "not a valid URL"))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(invalid(
+                    key("jwks_url"),
+                    "must be an http://host[:port]/path URL (https is not supported yet; use a local sidecar or jwks_file)",
+                ));
+            }
+        }
+        // Parse secrets, PEMs and JWKS files now, so a bad key stops start-up (and `check`)
+        // with its name instead of failing every request.
+        crate::auth::keys::check_key_config(k).map_err(|(field, m)| invalid(key(field), m))?;
+    }
+    Ok(())
+}
+
+/// A claim name, or a dotted path of names (`realm_access.roles`).
+fn is_claim_path(path: &str) -> bool {
+    !path.is_empty() && !path.split('.').any(str::is_empty) && !path.chars().any(char::is_control)
+}
+
+/// Roles and scopes listed by a route: checkable strings, and scopes that fit in a
+/// `WWW-Authenticate: Bearer scope="..."` parameter (RFC 6749 §3.3 scope-token).
+pub(super) fn validate_policy(policy: &AuthPolicy) -> Result<(), String> {
+    for role in &policy.roles {
+        if role.is_empty() || role.len() > 256 || role.chars().any(char::is_control) {
+            return Err(format!(
+                "role `{role}`: roles are 1–256 characters without control characters"
+            ));
+        }
+    }
+    for scope in &policy.scopes {
+        let token = |b: u8| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b);
+        if scope.is_empty() || scope.len() > 256 || !scope.bytes().all(token) {
+            return Err(format!(
+                "scope `{scope}`: scopes are 1–256 visible ASCII characters without space, `\"` or `\\`"
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_cors(cors: &CorsConfig, key: &str) -> Result<(), Invalid> {
+    let field = |f: &str| format!("{key}.{f}");
+    if cors.allowed_origins.is_empty() {
+        return Err(invalid(
+            field("allowed_origins"),
+            "must list at least one origin",
+        ));
+    }
+    let any = cors.allowed_origins.iter().any(|o| o == "*");
+    if any && cors.allowed_origins.len() > 1 {
+        return Err(invalid(
+            field("allowed_origins"),
+            "`*` must be the only entry",
+        ));
+    }
+    if any && cors.allow_credentials {
+        return Err(invalid(
+            field("allow_credentials"),
+            "browsers refuse credentials with `allowed_origins = [\"*\"]`; list the origins",
+        ));
+    }
+    for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
+        let uri: Option<http::Uri> = origin.parse().ok();
+        let valid = uri.is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some()
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                && !origin.ends_with('/')
+        });
+        if !valid || http::HeaderValue::from_str(origin).is_err() {
+            return Err(invalid(
+                field("allowed_origins"),
+                format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+            ));
+        }
+    }
+    for (name, list) in [
+        ("allowed_headers", &cors.allowed_headers),
+        ("exposed_headers", &cors.exposed_headers),
+    ] {
+        if let Some(h) = list
+            .iter()
+            .find(|h| h.as_str() == "*" || http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(invalid(
+                field(name),
+                format!("`{h}` is not a header name (wildcards are not supported)"),
+            ));
+        }
+    }
+    if cors.max_age > Duration::from_secs(24 * 3600) {
+        return Err(invalid(field("max_age"), "must be at most 24h"));
+    }
+    Ok(())
+}

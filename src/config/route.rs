@@ -1,0 +1,560 @@
+//! `[[routes]]`: the raw route shape (`publish` or `upstream`), its validation against the
+//! path, the exchanges and the upstreams, and the validated [`Route`] the handlers use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use http::Method;
+use serde::Deserialize;
+
+use super::auth::CorsConfig;
+use super::{
+    AUTH_HEADER_PREFIX, Invalid, PARAM_HEADER_PREFIX, RESERVED_HEADERS, UpstreamConfig, invalid,
+};
+use crate::template::{Template, is_param_name};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    name: String,
+    path: String,
+    methods: Vec<String>,
+    #[serde(default)]
+    auth: Option<RawRouteAuth>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    upstream_path: Option<String>,
+    #[serde(default)]
+    cache: Option<CacheConfig>,
+    #[serde(default)]
+    etag: Option<bool>,
+    #[serde(default)]
+    forward_authorization: Option<bool>,
+    #[serde(default)]
+    compress: Option<CompressPolicy>,
+    #[serde(default)]
+    publish: Option<RawPublish>,
+    #[serde(default)]
+    pub(super) cors: Option<RawRouteCors>,
+}
+
+/// A route's `cors`: `false` (none), `true` (the global `[cors]`) or its own table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRouteCors {
+    Enabled(bool),
+    Custom(CorsConfig),
+}
+
+/// When a read route compresses responses (`compress = "..."`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompressPolicy {
+    /// Compress responses to anonymous requests only. Responses to authenticated requests may
+    /// reflect input next to secrets, which compression leaks (BREACH). The default.
+    #[default]
+    Auto,
+    /// Always compress (the route's responses carry no secrets).
+    Always,
+    /// Never compress.
+    Never,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRouteAuth {
+    Keyword(AuthKeyword),
+    Policy(AuthPolicy),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuthKeyword {
+    Public,
+    Authenticated,
+}
+
+/// `auth = { roles = [...], scopes = [...], match = "any" }` on a route.
+///
+/// Each non-empty list is a requirement and both must hold: with `match = "any"` the token
+/// needs at least one listed role and at least one listed scope; with `"all"`, every one.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicy {
+    /// Roles (from `auth.roles_claim`). Not empty strings, no control characters.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Scopes (from `scope`, space-separated, or `scp`, array or string). RFC 6749 scope
+    /// tokens: visible ASCII without `"` or `\`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `any` (default) or `all` of each list.
+    #[serde(default, rename = "match")]
+    pub mode: PolicyMatch,
+}
+
+/// How a route's role and scope lists are matched.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMatch {
+    /// At least one of each list.
+    #[default]
+    Any,
+    /// Every entry of each list.
+    All,
+}
+
+/// Per-route response cache (read routes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Freshness when the upstream's `Cache-Control` gives none. Greater than zero.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    exchange: String,
+    routing_key: String,
+    #[serde(default = "default_status")]
+    status: u16,
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(default)]
+    content_types: Option<Vec<String>>,
+    #[serde(default)]
+    properties: StaticProperties,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+const fn default_status() -> u16 {
+    202
+}
+
+/// `publish.properties`: message properties fixed by the route, for consumers that switch on
+/// them. Anything left out is derived from the request.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticProperties {
+    /// AMQP `type`; default: the rendered routing key.
+    #[serde(rename = "type")]
+    pub message_type: Option<String>,
+    /// AMQP `content_type`; default: the request's `Content-Type`.
+    pub content_type: Option<String>,
+    /// AMQP `priority` (0–9).
+    pub priority: Option<u8>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// Path pattern (`/users/{id}`, `/files/{*rest}`).
+    pub path: String,
+    /// Path parameter names, in order.
+    pub path_params: Vec<String>,
+    /// Methods served.
+    pub methods: Vec<Method>,
+    /// Who may call it.
+    pub auth: RouteAuth,
+    /// CORS for this route (the global `[cors]` unless overridden); `None`: no CORS headers.
+    /// Routes sharing a path share it.
+    pub cors: Option<CorsConfig>,
+    /// What it does.
+    pub action: RouteAction,
+}
+
+/// Route access rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// No token needed.
+    Public,
+    /// A valid token with the given roles/scopes (empty policy: any valid token).
+    Required(AuthPolicy),
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Publish a confirmed event (writes).
+    Publish(PublishTarget),
+    /// Proxy to an upstream (reads).
+    Proxy(ProxyTarget),
+}
+
+/// Where and how a write route publishes.
+#[derive(Debug, Clone)]
+pub struct PublishTarget {
+    /// Exchange name; `""` is the default exchange.
+    pub exchange: String,
+    /// Routing key template; placeholders are path parameters.
+    pub routing_key: Template,
+    /// Success status: 202 or 201.
+    pub status: u16,
+    /// `Location` template; placeholders are path parameters or `event_id`.
+    pub location: Option<Template>,
+    /// Accepted request media types (lower-case `type/subtype`).
+    pub content_types: Vec<String>,
+    /// Static message properties.
+    pub properties: StaticProperties,
+    /// Static AMQP headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a read route forwards.
+#[derive(Debug, Clone)]
+pub struct ProxyTarget {
+    /// Key into [`Config::upstreams`](super::Config::upstreams).
+    pub upstream: String,
+    /// Optional path rewrite; placeholders are path parameters.
+    pub upstream_path: Option<Template>,
+    /// Optional response cache.
+    pub cache: Option<CacheConfig>,
+    /// Generate a strong ETag from the body when the upstream sends none (`etag`, default true).
+    pub generate_etag: bool,
+    /// Forward the client's `Authorization` upstream (`forward_authorization`, default false).
+    pub forward_authorization: bool,
+    /// Response compression policy (`compress`, default `auto`).
+    pub compress: CompressPolicy,
+}
+
+/// The path with parameter names erased, so `/u/{id}` and `/u/{uid}` collide.
+pub(super) fn path_shape(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with("{*") {
+                "{*}"
+            } else if seg.starts_with('{') {
+                "{}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Parses `/a/{x}/{*rest}` into its parameter names, checking the syntax.
+fn parse_path(path: &str) -> Result<Vec<String>, String> {
+    if !path.starts_with('/') {
+        return Err("must start with `/`".into());
+    }
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let mut params = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.contains(['{', '}']) {
+            let inner = seg
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .ok_or_else(|| format!("segment `{seg}`: a parameter must be a whole segment"))?;
+            let (name, catch_all) = match inner.strip_prefix('*') {
+                Some(name) => (name, true),
+                None => (inner, false),
+            };
+            if !is_param_name(name) {
+                return Err(format!("segment `{seg}`: invalid parameter name"));
+            }
+            if catch_all && i + 1 != segments.len() {
+                return Err(format!(
+                    "segment `{seg}`: a catch-all must be the last segment"
+                ));
+            }
+            if params.iter().any(|p| p == name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            params.push(name.to_owned());
+        } else if seg
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '?' || c == '#')
+        {
+            return Err(format!(
+                "segment `{seg}` contains characters not allowed in a path"
+            ));
+        }
+    }
+    Ok(params)
+}
+
+impl RawRoute {
+    pub(super) fn validate(
+        self,
+        i: usize,
+        exchanges: &BTreeSet<&str>,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+    ) -> Result<Route, Invalid> {
+        let key = |field: &str| format!("routes[{i}].{field}");
+        if self.name.is_empty() || self.name.len() > 128 || self.name.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                key("name"),
+                "must be 1–128 characters without control characters",
+            ));
+        }
+        let path_params = parse_path(&self.path).map_err(|m| invalid(key("path"), m))?;
+        if self.methods.is_empty() {
+            return Err(invalid(key("methods"), "at least one method is required"));
+        }
+        let mut methods = Vec::with_capacity(self.methods.len());
+        for m in &self.methods {
+            let method = match m.as_str() {
+                "GET" => Method::GET,
+                "HEAD" => Method::HEAD,
+                "POST" => Method::POST,
+                "PUT" => Method::PUT,
+                "PATCH" => Method::PATCH,
+                "DELETE" => Method::DELETE,
+                other => {
+                    return Err(invalid(
+                        key("methods"),
+                        format!(
+                            "unsupported method `{other}` (GET, HEAD, POST, PUT, PATCH, DELETE; upper case)"
+                        ),
+                    ));
+                }
+            };
+            if methods.contains(&method) {
+                return Err(invalid(key("methods"), format!("`{m}` is listed twice")));
+            }
+            methods.push(method);
+        }
+        let auth = match self.auth {
+            None | Some(RawRouteAuth::Keyword(AuthKeyword::Authenticated)) => {
+                RouteAuth::Required(AuthPolicy::default())
+            }
+            Some(RawRouteAuth::Keyword(AuthKeyword::Public)) => RouteAuth::Public,
+            Some(RawRouteAuth::Policy(p)) => RouteAuth::Required(p),
+        };
+        let action = match (self.publish, self.upstream) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid(
+                    format!("routes[{i}]"),
+                    "a route needs exactly one of `upstream` (read) or `publish` (write)",
+                ));
+            }
+            (Some(publish), None) => {
+                if let Some(m) = methods
+                    .iter()
+                    .find(|m| matches!(**m, Method::GET | Method::HEAD))
+                {
+                    return Err(invalid(
+                        key("methods"),
+                        format!("{m} cannot publish; write routes take POST, PUT, PATCH, DELETE"),
+                    ));
+                }
+                if self.upstream_path.is_some()
+                    || self.cache.is_some()
+                    || self.etag.is_some()
+                    || self.forward_authorization.is_some()
+                    || self.compress.is_some()
+                {
+                    return Err(invalid(
+                        key("publish"),
+                        "`upstream_path`, `cache`, `etag`, `forward_authorization` and `compress` apply only to upstream routes",
+                    ));
+                }
+                RouteAction::Publish(publish.validate(i, &path_params, exchanges)?)
+            }
+            (None, Some(upstream)) => {
+                if let Some(m) = methods
+                    .iter()
+                    .find(|m| !matches!(**m, Method::GET | Method::HEAD))
+                {
+                    return Err(invalid(
+                        key("methods"),
+                        format!(
+                            "{m} cannot be proxied; read routes take GET and HEAD (writes use `publish`)"
+                        ),
+                    ));
+                }
+                if !upstreams.contains_key(&upstream) {
+                    return Err(invalid(
+                        key("upstream"),
+                        format!("unknown upstream `{upstream}` (no [upstreams.{upstream}])"),
+                    ));
+                }
+                let upstream_path = self
+                    .upstream_path
+                    .map(|p| {
+                        let t =
+                            Template::parse(&p).map_err(|m| invalid(key("upstream_path"), m))?;
+                        check_params(&t, &path_params, &[])
+                            .map_err(|m| invalid(key("upstream_path"), m))?;
+                        if !p.starts_with('/') {
+                            return Err(invalid(key("upstream_path"), "must start with `/`"));
+                        }
+                        Ok(t)
+                    })
+                    .transpose()?;
+                if self.cache.as_ref().is_some_and(|c| c.ttl.is_zero()) {
+                    return Err(invalid(key("cache.ttl"), "must be greater than zero"));
+                }
+                RouteAction::Proxy(ProxyTarget {
+                    upstream,
+                    upstream_path,
+                    cache: self.cache,
+                    generate_etag: self.etag.unwrap_or(true),
+                    forward_authorization: self.forward_authorization.unwrap_or(false),
+                    compress: self.compress.unwrap_or_default(),
+                })
+            }
+        };
+        Ok(Route {
+            name: self.name,
+            path: self.path,
+            path_params,
+            methods,
+            auth,
+            cors: None,
+            action,
+        })
+    }
+}
+
+fn check_params(t: &Template, path_params: &[String], extra: &[&str]) -> Result<(), String> {
+    for p in t.params() {
+        if !path_params.iter().any(|pp| pp == p) && !extra.contains(&p) {
+            return Err(format!(
+                "placeholder `{{{p}}}` is not a path parameter of this route"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RawPublish {
+    fn validate(
+        self,
+        i: usize,
+        path_params: &[String],
+        exchanges: &BTreeSet<&str>,
+    ) -> Result<PublishTarget, Invalid> {
+        let key = |field: &str| format!("routes[{i}].publish.{field}");
+        if !self.exchange.is_empty() && !exchanges.contains(self.exchange.as_str()) {
+            return Err(invalid(
+                key("exchange"),
+                format!(
+                    "exchange `{}` is not declared in [[amqp.exchanges]]",
+                    self.exchange
+                ),
+            ));
+        }
+        let routing_key =
+            Template::parse(&self.routing_key).map_err(|m| invalid(key("routing_key"), m))?;
+        check_params(&routing_key, path_params, &[]).map_err(|m| invalid(key("routing_key"), m))?;
+        if routing_key.literal_len() > 255 || self.routing_key.chars().any(char::is_control) {
+            return Err(invalid(
+                key("routing_key"),
+                "must be at most 255 bytes without control characters",
+            ));
+        }
+        if self.exchange.is_empty() && routing_key.segments().is_empty() {
+            return Err(invalid(
+                key("routing_key"),
+                "the default exchange needs a routing key (the queue name)",
+            ));
+        }
+        if !matches!(self.status, 201 | 202) {
+            return Err(invalid(key("status"), "must be 201 or 202"));
+        }
+        let location = self
+            .location
+            .map(|l| {
+                let t = Template::parse(&l).map_err(|m| invalid(key("location"), m))?;
+                check_params(&t, path_params, &["event_id"])
+                    .map_err(|m| invalid(key("location"), m))?;
+                Ok::<_, Invalid>(t)
+            })
+            .transpose()?;
+        if self.status == 201 && location.is_none() {
+            return Err(invalid(
+                key("location"),
+                "status 201 needs a `location` template (e.g. \"/users/{event_id}\")",
+            ));
+        }
+        let content_types = match self.content_types {
+            None => vec!["application/json".to_owned()],
+            Some(list) if list.is_empty() => {
+                return Err(invalid(
+                    key("content_types"),
+                    "must list at least one media type",
+                ));
+            }
+            Some(list) => list
+                .into_iter()
+                .map(|ct| {
+                    let lower = ct.trim().to_ascii_lowercase();
+                    let valid = lower.split_once('/').is_some_and(|(t, s)| {
+                        let tok = |x: &str| {
+                            !x.is_empty()
+                                && x.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+                        };
+                        tok(t) && tok(s)
+                    });
+                    if valid {
+                        Ok(lower)
+                    } else {
+                        Err(invalid(
+                            key("content_types"),
+                            format!("`{ct}` is not a `type/subtype` media type"),
+                        ))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if self.properties.priority.is_some_and(|p| p > 9) {
+            return Err(invalid(
+                key("properties.priority"),
+                "must be between 0 and 9",
+            ));
+        }
+        for (name, value) in [
+            ("type", &self.properties.message_type),
+            ("content_type", &self.properties.content_type),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 255)
+            {
+                return Err(invalid(
+                    key(&format!("properties.{name}")),
+                    "must be 1–255 bytes",
+                ));
+            }
+        }
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, value) in self.headers {
+            let lower = name.to_ascii_lowercase();
+            if RESERVED_HEADERS.contains(&lower.as_str())
+                || lower.starts_with(PARAM_HEADER_PREFIX)
+                || lower.starts_with(AUTH_HEADER_PREFIX)
+            {
+                return Err(invalid(
+                    key("headers"),
+                    format!("header `{name}` is set by the gateway"),
+                ));
+            }
+            if name.is_empty() || name.len() > 255 || value.len() > 4096 {
+                return Err(invalid(
+                    key("headers"),
+                    format!("header `{name}`: names are 1–255 bytes, values at most 4096"),
+                ));
+            }
+            headers.push((name, value));
+        }
+        Ok(PublishTarget {
+            exchange: self.exchange,
+            routing_key,
+            status: self.status,
+            location,
+            content_types,
+            properties: self.properties,
+            headers,
+        })
+    }
+}
