@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 use crate::amqp::{ChannelSet, PoolSettings};
 use crate::cache::Cache;
-use crate::config::{Config, ExchangeKind, RouteAction, ServerConfig};
+use crate::config::{Config, RouteAction, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 use crate::state::AppState;
@@ -45,15 +45,6 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-fn exchange_kind(kind: ExchangeKind) -> lapin::ExchangeKind {
-    match kind {
-        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
-    }
-}
-
 /// Runs the gateway on the given listeners until `shutdown` resolves, then drains.
 ///
 /// Returns once both listeners are closed and the AMQP connections are shut, or the
@@ -70,20 +61,7 @@ pub async fn run(
         Some(auth) => Some(crate::auth::Authenticator::start(auth).await?),
         None => None,
     };
-    let channels = ChannelSet::start(PoolSettings {
-        url: config.amqp.url.expose().to_owned(),
-        connections: config.amqp.connections,
-        channels_per_connection: config.amqp.channels_per_connection,
-        connect_timeout: config.amqp.connect_timeout,
-        confirm_timeout: config.amqp.confirm_timeout,
-        exchanges: config
-            .amqp
-            .exchanges
-            .iter()
-            .map(|e| (e.name.clone(), exchange_kind(e.kind)))
-            .collect(),
-    })
-    .map_err(RunError::Amqp)?;
+    let channels = ChannelSet::start(PoolSettings::from(&config.amqp)).map_err(RunError::Amqp)?;
     let draining = Arc::new(AtomicBool::new(false));
     let caches = config
         .routes

@@ -10,6 +10,8 @@ mod publish;
 
 use std::time::Duration;
 
+use crate::config::{AmqpConfig, ExchangeKind};
+
 pub use pool::{ChannelSet, Readiness};
 
 /// A message to publish, already validated by the caller (names ≤ 255 bytes).
@@ -101,4 +103,27 @@ pub struct PoolSettings {
     pub confirm_timeout: Duration,
     /// Exchanges to declare durable on each connect: (name, type).
     pub exchanges: Vec<(String, lapin::ExchangeKind)>,
+}
+
+impl From<&AmqpConfig> for PoolSettings {
+    fn from(config: &AmqpConfig) -> Self {
+        let kind = |kind| match kind {
+            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+            ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+        };
+        Self {
+            url: config.url.expose().to_owned(),
+            connections: config.connections,
+            channels_per_connection: config.channels_per_connection,
+            connect_timeout: config.connect_timeout,
+            confirm_timeout: config.confirm_timeout,
+            exchanges: config
+                .exchanges
+                .iter()
+                .map(|e| (e.name.clone(), kind(e.kind)))
+                .collect(),
+        }
+    }
 }
