@@ -27,6 +27,11 @@ impl GatewayProcess {
     /// two addresses, which are filled with free loopback ports) and starts the binary on it;
     /// waits up to 20 s for `/readyz` to answer 200. Logs go to a file, shown on failure.
     pub async fn start(config: &str) -> GatewayProcess {
+        Self::start_with(config, &[]).await
+    }
+
+    /// Like [`GatewayProcess::start`], with extra command-line arguments (e.g. `--log-format`).
+    pub async fn start_with(config: &str, args: &[&str]) -> GatewayProcess {
         let dir = std::env::temp_dir().join(super::unique_name("gateway-proc"));
         std::fs::create_dir_all(&dir).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], super::free_port()));
@@ -40,6 +45,7 @@ impl GatewayProcess {
         let child = Command::new(BINARY)
             .arg("--config")
             .arg(&path)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
