@@ -337,7 +337,7 @@ class Bench:
     def setup(self):
         a = self.args
         rel = os.path.join(a.target_dir, "release")
-        self.bin_gateway = os.path.join(rel, "amqp-gateway")
+        self.bin_gateway = a.gateway_bin or os.path.join(rel, "amqp-gateway")
         self.bin_origin = os.path.join(rel, "examples", "users_service")
         self.bin_publisher = os.path.join(rel, "examples", "bench_publisher")
         self.bin_mint = os.path.join(rel, "examples", "mint_token")
@@ -680,6 +680,9 @@ def parse_args():
     p.add_argument("--out", required=True)
     p.add_argument("--target-dir", default=os.path.join(ROOT, "target"))
     p.add_argument("--venv", default=os.path.join(BENCH, ".venv"))
+    p.add_argument("--gateway-bin", default="",
+                   help="gateway binary to measure (default: the release build), e.g. an older "
+                        "build for a before/after comparison")
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     p.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each run")
     p.add_argument("--write-conns", default="1,16,64,256")
@@ -728,5 +731,6 @@ def main():
 
 
 if __name__ == "__main__":
+    sys.dont_write_bytecode = True
     sys.path.insert(0, BENCH)
     main()

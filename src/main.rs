@@ -123,7 +123,8 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(cli.log_format, env("RUST_LOG").as_deref());
+    // Held until `main` returns, so queued log lines are written out at exit.
+    let _log = telemetry::init(cli.log_format, env("RUST_LOG").as_deref());
     let bind = |addr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             eprintln!("amqp-gateway: cannot listen on {addr}: {e}");

@@ -70,7 +70,15 @@ pub async fn run(
     let state = AppState {
         auth,
         upstreams: Arc::new(Upstreams::new(&config.upstreams)),
-        cache: caches.then(|| Arc::new(Cache::new(&config.cache))),
+        cache: caches.then(|| {
+            // Only paths a cached route matches can hold entries (writes elsewhere skip the
+            // invalidation).
+            let cached_paths = config.routes.iter().filter_map(|r| match &r.action {
+                RouteAction::Proxy(p) if p.cache.is_some() => Some(r.path.as_str()),
+                _ => None,
+            });
+            Arc::new(Cache::new(&config.cache).for_paths(cached_paths))
+        }),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
         metrics: Arc::new(Metrics::new()),
         routes: config.routes.into(),

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use super::publish::{properties, publish_on};
-use super::{Event, PoolSettings, PublishError};
+use super::{Event, PROPERTIES_BUDGET_BYTES, PoolSettings, PublishError};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -43,6 +43,13 @@ const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// after two missed intervals, ~20 s, instead of the broker's default 60 s (~120 s). Pending
 /// confirms end earlier anyway, at `confirm_timeout`.
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// AMQP `frame_max` (bytes) requested when the URL does not set one. lapin keeps a send and a
+/// receive buffer of 32 frames for each connection, so the broker's default (128 KiB) costs
+/// 8 MiB of memory per connection; 32 KiB (2 MiB) still carries the largest properties a
+/// publish may have ([`PROPERTIES_BUDGET_BYTES`]) in one frame, and bodies are split into frames
+/// of any size anyway. See BENCHMARKS.md (resident memory).
+const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+const _: () = assert!(DEFAULT_FRAME_MAX as usize >= 2 * PROPERTIES_BUDGET_BYTES);
 /// Longest wait for a clean `connection.close` of a connection we give up on.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -111,7 +118,9 @@ impl ChannelSet {
             recycle: Some(settings.connect_timeout),
         };
         let pool = deadpool_lapin::Config {
-            url: Some(with_default_heartbeat(&settings.url)),
+            url: Some(with_default_frame_max(&with_default_heartbeat(
+                &settings.url,
+            ))),
             pool: Some(pool_config),
         }
         .create_pool(props, Runtime::Tokio1)
@@ -225,6 +234,18 @@ impl Inner {
         let live = slots.iter().flatten().cloned().collect();
         self.live.store(Arc::new(live));
     }
+}
+
+/// `url` with `frame_max=DEFAULT_FRAME_MAX` added unless it sets a frame size itself.
+fn with_default_frame_max(url: &str) -> String {
+    let has_frame_max = url
+        .parse::<lapin::uri::AMQPUri>()
+        .map_or(true, |uri| uri.query.frame_max.is_some());
+    if has_frame_max {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}frame_max={DEFAULT_FRAME_MAX}")
 }
 
 /// `url` with `heartbeat=DEFAULT_HEARTBEAT_SECS` added unless it sets a heartbeat itself.
@@ -486,5 +507,16 @@ mod tests {
         // What lapin then negotiates from.
         let uri: lapin::uri::AMQPUri = with_default_heartbeat("amqp://h/%2f").parse().unwrap();
         assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+    }
+
+    #[test]
+    fn frame_max_is_added_only_when_the_url_has_none() {
+        let url = with_default_frame_max(&with_default_heartbeat("amqp://h/%2f"));
+        assert_eq!(url, "amqp://h/%2f?heartbeat=10&frame_max=32768");
+        let uri: lapin::uri::AMQPUri = url.parse().unwrap();
+        assert_eq!(uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
+        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        let own = "amqp://h/%2f?frame_max=131072";
+        assert_eq!(with_default_frame_max(own), own);
     }
 }

@@ -128,6 +128,9 @@ pub struct Cache {
     generations: Moka<String, u64>,
     next_generation: AtomicU64,
     max_object_bytes: usize,
+    /// The cached routes' path patterns, when known: a request path none of them matches can
+    /// have no entries, so a write to it has nothing to invalidate.
+    paths: Option<matchit::Router<()>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -193,7 +196,24 @@ impl Cache {
             generations: Moka::new(100_000),
             next_generation: AtomicU64::new(1),
             max_object_bytes: settings.max_object_bytes,
+            paths: None,
         }
+    }
+
+    /// Tells the cache which route patterns (route syntax, e.g. `/users/{id}`) can store
+    /// entries, so that [`Cache::invalidate_path`] skips the paths none of them matches (a
+    /// `POST /users` next to a cached `GET /users/{id}`). Without it, every path is invalidated.
+    pub fn for_paths<'a>(mut self, patterns: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut router = matchit::Router::new();
+        let unique: std::collections::BTreeSet<&str> = patterns.into_iter().collect();
+        for pattern in unique {
+            if router.insert(pattern, ()).is_err() {
+                // Cannot tell what matches: invalidate every path, as without this.
+                return self;
+            }
+        }
+        self.paths = Some(router);
+        self
     }
 
     /// Largest body that may be stored.
@@ -236,6 +256,9 @@ impl Cache {
     /// RFC 9111 §4.4, called after an accepted write to that path. O(1): entries remember the
     /// path's generation when stored, and a lookup ignores entries from older generations.
     pub fn invalidate_path(&self, path: &str) {
+        if self.paths.as_ref().is_some_and(|r| r.at(path).is_err()) {
+            return;
+        }
         let next = self.next_generation.fetch_add(1, Ordering::Relaxed);
         self.generations.insert(path.to_owned(), next);
     }
@@ -425,6 +448,22 @@ mod tests {
         assert!(c.lookup("b", "/users/2", &req(&[])).is_some());
         c.store("a", "/users/1", vec![], &req(&[]), entry(b"1b"));
         assert_eq!(c.lookup("a", "/users/1", &req(&[])).unwrap().body, "1b");
+    }
+
+    #[test]
+    fn writes_to_paths_no_cached_route_matches_invalidate_nothing() {
+        let c = Cache::new(&settings()).for_paths(["/users/{id}", "/users/{id}", "/c/{*rest}"]);
+        assert!(c.paths.is_some());
+        c.store("a", "/users/1", vec![], &req(&[]), entry(b"1"));
+        c.invalidate_path("/users");
+        c.generations.run_pending_tasks();
+        assert_eq!(c.generations.entry_count(), 0);
+        assert!(c.lookup("a", "/users/1", &req(&[])).is_some());
+        c.invalidate_path("/users/1");
+        assert!(c.lookup("a", "/users/1", &req(&[])).is_none());
+        c.store("b", "/c/x/y", vec![], &req(&[]), entry(b"2"));
+        c.invalidate_path("/c/x/y");
+        assert!(c.lookup("b", "/c/x/y", &req(&[])).is_none());
     }
 
     #[test]

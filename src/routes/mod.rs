@@ -1,5 +1,6 @@
 //! Request handlers, one module per kind of route. They talk to [`crate::amqp`] through its
 //! own types and never see lapin.
 
+mod encode;
 pub mod publish;
 pub mod read;

@@ -34,6 +34,7 @@ use crate::error::GatewayError;
 use crate::proxy::{
     ForwardContext, Upstream, UpstreamError, response_headers, upstream_request_headers,
 };
+use crate::routes::encode;
 use crate::state::AppState;
 
 /// Characters kept as-is when a path parameter is put into an upstream path segment.
@@ -658,27 +659,96 @@ fn error_response(e: GatewayError) -> Response {
 
 /// Runs one response through tower-http's compression for this `Accept-Encoding` (its
 /// negotiation, q-values and compressible-type predicate), weakening the ETag when it encodes.
+/// Complete bodies that tower-http would gzip are gzipped by [`encode`] instead, with a reused
+/// encoder (same negotiation, predicate, headers and level; no per-response encoder state).
 async fn compress(accept_encoding: &HeaderValue, response: Response) -> Response {
+    let predicate = DefaultPredicate::new().and(SizeAbove::new(MIN_COMPRESS_BYTES));
+    let response = match gzip_complete(accept_encoding, predicate.clone(), response).await {
+        Ok(gzipped) => return weaken_etag_if_encoded(gzipped),
+        Err(response) => response,
+    };
     let mut request = http::Request::new(());
     request
         .headers_mut()
         .insert(header::ACCEPT_ENCODING, accept_encoding.clone());
     let mut slot = Some(response);
     let service = CompressionLayer::new()
-        .compress_when(DefaultPredicate::new().and(SizeAbove::new(MIN_COMPRESS_BYTES)))
+        .compress_when(predicate)
         .layer(tower::service_fn(move |_: http::Request<()>| {
             let response = slot.take().unwrap_or_default();
             async move { Ok::<_, Infallible>(response) }
         }));
     let Ok(response) = service.oneshot(request).await;
-    let (mut parts, body) = response.into_parts();
-    if parts.headers.contains_key(header::CONTENT_ENCODING)
-        && let Some(tag) = parts.headers.get(header::ETAG)
+    let (parts, body) = response.into_parts();
+    weaken_etag_if_encoded(Response::from_parts(parts, Body::new(body)))
+}
+
+/// `Vary: accept-encoding` unless a `Vary` value mentions it (tower-http's test).
+fn append_vary_if_absent(headers: &mut HeaderMap) {
+    let varies = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+    });
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+fn weaken_etag_if_encoded(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if headers.contains_key(header::CONTENT_ENCODING)
+        && let Some(tag) = headers.get(header::ETAG)
     {
         let weak = etag::weaken(tag);
-        parts.headers.insert(header::ETAG, weak);
+        headers.insert(header::ETAG, weak);
     }
-    Response::from_parts(parts, Body::new(body))
+    response
+}
+
+/// The fast paths of [`compress`]: no coding when tower-http would pick none, gzip for a
+/// complete body when tower-http would gzip it. Hands the response back untouched (`Err`) when
+/// neither applies.
+async fn gzip_complete(
+    accept_encoding: &HeaderValue,
+    predicate: impl Predicate,
+    response: Response,
+) -> Result<Response, Response> {
+    use hyper::body::Body as _;
+    let compressible = !response.headers().contains_key(header::CONTENT_ENCODING)
+        && !response.headers().contains_key(header::CONTENT_RANGE)
+        && predicate.should_compress(&response);
+    if encode::picks_identity(accept_encoding) {
+        // tower-http would pass the body through, adding only `Vary` when compressible.
+        let mut response = response;
+        if compressible {
+            append_vary_if_absent(response.headers_mut());
+        }
+        return Ok(response);
+    }
+    let applies = compressible
+        && encode::picks_gzip(accept_encoding)
+        && response.body().size_hint().exact().is_some();
+    if !applies {
+        return Err(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    // Only buffered bodies have an exact size here (streamed, over-limit ones do not), so
+    // this does not wait on the network.
+    let Ok(collected) = body.collect().await else {
+        return Ok(error_response(GatewayError::Internal));
+    };
+    let bytes = collected.to_bytes();
+    let Some(gzipped) = encode::gzip(&bytes) else {
+        return Err(Response::from_parts(parts, Body::from(bytes)));
+    };
+    // The header changes tower-http makes when it encodes.
+    append_vary_if_absent(&mut parts.headers);
+    parts.headers.remove(header::ACCEPT_RANGES);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    Ok(Response::from_parts(parts, Body::from(gzipped)))
 }
 
 #[cfg(test)]

@@ -1,0 +1,161 @@
+//! gzip for complete response bodies with a reused, per-thread encoder.
+//!
+//! tower-http's compression builds a new encoder for every response: for deflate that is a
+//! ~300 KB state allocated and zeroed per response, which cost more than compressing a 2 KB
+//! JSON body itself (bench/, BENCHMARKS.md). A body the gateway already holds in full is
+//! gzipped here instead, with one encoder per worker thread that is reset between responses.
+//! Only where the outcome is certain to be the same: tower-http's negotiation must pick gzip
+//! for the `Accept-Encoding` value (checked by [`picks_gzip`]) and its predicate must allow
+//! compression (checked by the caller). Everything else (br, zstd, q-values, `*`, streamed
+//! bodies) still goes through tower-http.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress, Status};
+use http::HeaderValue;
+
+/// Same level as tower-http's `CompressionLevel::Default` for gzip (flate2's default, 6), so
+/// the fast path sends the same size of body as the general path.
+const GZIP_LEVEL: u32 = 6;
+/// deflate window: 2^15 bytes, the gzip default.
+const WINDOW_BITS: u8 = 15;
+
+thread_local! {
+    static GZIP: RefCell<Option<Compress>> = const { RefCell::new(None) };
+}
+
+/// True when tower-http's negotiation is certain to choose gzip for this `Accept-Encoding`:
+/// gzip (or x-gzip) is listed, no q-value is given, and neither br, zstd nor `*` (which would
+/// win or change the choice) is listed. Unknown codings are ignored, as tower-http does.
+pub(crate) fn picks_gzip(accept_encoding: &HeaderValue) -> bool {
+    let Ok(value) = accept_encoding.to_str() else {
+        return false;
+    };
+    if value.contains(';') {
+        return false;
+    }
+    let mut gzip = false;
+    for token in value.split(',').map(str::trim) {
+        if token.eq_ignore_ascii_case("gzip") || token.eq_ignore_ascii_case("x-gzip") {
+            gzip = true;
+        } else if token.eq_ignore_ascii_case("br")
+            || token.eq_ignore_ascii_case("zstd")
+            || token == "*"
+        {
+            return false;
+        }
+    }
+    gzip
+}
+
+/// True when tower-http's negotiation is certain to choose no coding for this value: no q-value
+/// (which could refuse identity, for a 406) and no gzip, x-gzip, br, zstd or `*` listed, e.g.
+/// `identity`, which some HTTP libraries send by default.
+pub(crate) fn picks_identity(accept_encoding: &HeaderValue) -> bool {
+    let Ok(value) = accept_encoding.to_str() else {
+        return false;
+    };
+    !value.contains(';')
+        && value.split(',').map(str::trim).all(|token| {
+            !(token.eq_ignore_ascii_case("gzip")
+                || token.eq_ignore_ascii_case("x-gzip")
+                || token.eq_ignore_ascii_case("br")
+                || token.eq_ignore_ascii_case("zstd")
+                || token == "*")
+        })
+}
+
+/// `body` gzipped (RFC 1952), or `None` if the encoder failed.
+pub(crate) fn gzip(body: &[u8]) -> Option<Bytes> {
+    GZIP.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        let encoder = slot
+            .get_or_insert_with(|| Compress::new_gzip(Compression::new(GZIP_LEVEL), WINDOW_BITS));
+        encoder.reset();
+        // JSON usually shrinks 4-10×; grow if it does not.
+        let mut out = Vec::with_capacity(body.len() / 3 + 64);
+        loop {
+            let consumed = usize::try_from(encoder.total_in()).ok()?;
+            let input = body.get(consumed..)?;
+            match encoder.compress_vec(input, &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => break,
+                Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(1024)),
+                Err(_) => {
+                    // Never leave a half-used encoder behind.
+                    *slot = None;
+                    return None;
+                }
+            }
+        }
+        Some(Bytes::from(out))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn negotiation_subset_matches_tower_http() {
+        for yes in [
+            "gzip",
+            "x-gzip",
+            "gzip, deflate",
+            "deflate, GZIP",
+            "identity, gzip",
+        ] {
+            assert!(picks_gzip(&HeaderValue::from_static(yes)), "{yes}");
+        }
+        for no in [
+            "br",
+            "gzip, br",
+            "gzip, deflate, br, zstd",
+            "gzip;q=0",
+            "gzip;q=0.5, identity",
+            "*",
+            "gzip, *",
+            "identity",
+            "",
+        ] {
+            assert!(!picks_gzip(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn identity_subset_matches_tower_http() {
+        for yes in ["identity", "deflate", "compress, identity", "", "unknown"] {
+            assert!(picks_identity(&HeaderValue::from_static(yes)), "{yes}");
+        }
+        for no in [
+            "gzip",
+            "identity, br",
+            "ZSTD",
+            "*",
+            "identity;q=0",
+            "x-gzip",
+        ] {
+            assert!(!picks_identity(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn round_trips_and_reuses_the_encoder() {
+        for body in [
+            b"".to_vec(),
+            br#"{"a":1}"#.repeat(400),
+            (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ] {
+            for _ in 0..2 {
+                let gz = gzip(&body).unwrap();
+                assert_eq!(&gz[..2], &[0x1f, 0x8b]);
+                let mut back = Vec::new();
+                flate2::read::GzDecoder::new(&gz[..])
+                    .read_to_end(&mut back)
+                    .unwrap();
+                assert_eq!(back, body);
+            }
+        }
+    }
+}
