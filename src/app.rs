@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::handler::Handler;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodFilter, MethodRouter, on};
+use axum::routing::{MethodFilter, MethodRouter, on, on_service};
+use http::Method;
 use http::header::AUTHORIZATION;
-use http::{HeaderName, Method};
 
 use tower::ServiceBuilder;
 use tower::util::MapResponseLayer;
@@ -17,19 +18,15 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::auth::RequireAuthLayer;
 use crate::config::{Route, RouteAction};
 use crate::error::GatewayError;
 use crate::metrics::RequestMetricsLayer;
-use crate::proxy::Upstreams;
 use crate::routes::publish::{self, WriteRoute};
 use crate::routes::read::{self, ReadRoute};
 use crate::state::AppState;
-use crate::telemetry::{self, RouteName};
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::telemetry::{AccessLogLayer, REQUEST_ID, RouteName};
 
 /// Request ids for requests that arrive without one: UUIDv7, so they sort by time in logs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,13 +34,19 @@ struct MakeRequestUuidV7;
 
 impl MakeRequestId for MakeRequestUuidV7 {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        http::HeaderValue::try_from(uuid::Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
+        // Formatted on the stack: the header value is the only allocation.
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        http::HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 
 /// Builds the public router for `state.routes`.
+///
+/// Shape, for speed: the global middleware stack wraps the routed service once (`Router::layer`
+/// would wrap every endpoint, and axum boxes and clones each wrapped endpoint per request), and
+/// each route's own layers (route name, auth) wrap its handler service directly rather than
+/// through `route_layer`, for the same reason.
 pub fn app(state: AppState) -> Router {
     let state_metrics = state.metrics.clone();
     // Group by path: axum wants one MethodRouter per path, with our 405 as its fallback.
@@ -61,15 +64,8 @@ pub fn app(state: AppState) -> Router {
         for route in &routes {
             allow.extend(route.methods.iter().map(static_method));
             served.extend(route.methods.iter().cloned());
-            // Auth wraps only this route's methods (`route_layer`): 401/403 before the handler.
-            let auth = RequireAuthLayer::for_route(&route.auth, state.auth.as_ref());
             // Validation guarantees distinct methods per path, so merging cannot overlap.
-            methods = methods.merge(
-                handler_for(route, &state.upstreams)
-                    .route_layer(auth)
-                    // Outermost, so 401/403 are labelled with the route too.
-                    .route_layer(route_name_layer(&route.name)),
-            );
+            methods = methods.merge(route_service(route, &state));
         }
         if allow.contains(&"GET") && !allow.contains(&"HEAD") {
             allow.push("HEAD");
@@ -85,30 +81,77 @@ pub fn app(state: AppState) -> Router {
         }
         router = router.route(path, methods);
     }
-    router
+    let routed = router
         .fallback(|| async { GatewayError::NotFound })
-        .with_state(state)
-        .layer(
-            // Outermost first.
-            ServiceBuilder::new()
-                // Before tracing, so the token can never reach a log line.
-                .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
-                // Before tracing, so the span has the id; a client-sent id is kept.
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuidV7))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(telemetry::make_span)
-                        .on_response(telemetry::on_response)
-                        // The access-log line already carries 5xx statuses; no second line.
-                        .on_failure(()),
-                )
-                .layer(RequestMetricsLayer::new(state_metrics))
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                // A panic is a bug: answer 500 problem+json, keep the connection alive.
-                .layer(CatchPanicLayer::custom(|_| {
-                    GatewayError::Internal.into_response()
-                })),
-        )
+        .with_state(state);
+    let stack = ServiceBuilder::new()
+        // Outermost first.
+        // Marked before anything could print it (nothing logs headers today).
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // Before the access log, so the line has the id; a client-sent id is kept.
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuidV7))
+        .layer(AccessLogLayer::new())
+        .layer(RequestMetricsLayer::new(state_metrics))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        // A panic is a bug: answer 500 problem+json, keep the connection alive.
+        .layer(CatchPanicLayer::custom(|_| {
+            GatewayError::Internal.into_response()
+        }));
+    Router::new().fallback_service(stack.service(routed))
+}
+
+/// One route's methods: its handler (publish or proxy) behind its own layers.
+fn route_service(route: &Route, state: &AppState) -> MethodRouter<AppState> {
+    let filter = route
+        .methods
+        .iter()
+        .filter_map(|m| MethodFilter::try_from(m.clone()).ok())
+        .reduce(MethodFilter::or)
+        .unwrap_or(MethodFilter::POST);
+    match &route.action {
+        RouteAction::Publish(target) => {
+            let write = Arc::new(WriteRoute {
+                name: route.name.clone(),
+                target: target.clone(),
+            });
+            layered(
+                route,
+                state,
+                filter,
+                move |State(state): State<AppState>, request: Request| {
+                    let write = write.clone();
+                    async move { publish::handle(state, write, request).await }
+                },
+            )
+        }
+        RouteAction::Proxy(target) => {
+            let Some(upstream) = state.upstreams.get(&target.upstream) else {
+                // Config validation guarantees the upstream exists.
+                return on(filter, || async { GatewayError::Internal });
+            };
+            let read = Arc::new(ReadRoute {
+                name: Arc::from(route.name.as_str()),
+                target: target.clone(),
+                upstream,
+                catch_all: route
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.strip_prefix("{*"))
+                    .and_then(|s| s.strip_suffix('}'))
+                    .map(str::to_owned),
+            });
+            layered(
+                route,
+                state,
+                filter,
+                move |State(state): State<AppState>, request: Request| {
+                    let read = read.clone();
+                    async move { read::handle(state, read, request).await }
+                },
+            )
+        }
+    }
 }
 
 fn static_method(method: &Method) -> &'static str {
@@ -123,54 +166,26 @@ fn static_method(method: &Method) -> &'static str {
     }
 }
 
-fn handler_for(route: &Route, upstreams: &Upstreams) -> MethodRouter<AppState> {
-    let name: Arc<str> = Arc::from(route.name.as_str());
-    let filter = route
-        .methods
-        .iter()
-        .filter_map(|m| MethodFilter::try_from(m.clone()).ok())
-        .reduce(MethodFilter::or)
-        .unwrap_or(MethodFilter::POST);
-    match &route.action {
-        RouteAction::Publish(target) => {
-            let write = Arc::new(WriteRoute {
-                name: route.name.clone(),
-                target: target.clone(),
-            });
-            on(
-                filter,
-                move |State(state): State<AppState>, request: Request| {
-                    let write = write.clone();
-                    async move { publish::handle(state, write, request).await }
-                },
-            )
-        }
-        RouteAction::Proxy(target) => {
-            let Some(upstream) = upstreams.get(&target.upstream) else {
-                // Config validation guarantees the upstream exists.
-                return on(filter, || async { GatewayError::Internal });
-            };
-            let read = Arc::new(ReadRoute {
-                name: name.clone(),
-                target: target.clone(),
-                upstream,
-                catch_all: route
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .and_then(|s| s.strip_prefix("{*"))
-                    .and_then(|s| s.strip_suffix('}'))
-                    .map(str::to_owned),
-            });
-            on(
-                filter,
-                move |State(state): State<AppState>, request: Request| {
-                    let read = read.clone();
-                    async move { read::handle(state, read, request).await }
-                },
-            )
-        }
-    }
+/// `handler` behind the route's layers. The route name is outermost, so 401/403 from auth are
+/// labelled with the route too; auth runs before the handler.
+fn layered<H, T>(
+    route: &Route,
+    state: &AppState,
+    filter: MethodFilter,
+    handler: H,
+) -> MethodRouter<AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let service = ServiceBuilder::new()
+        .layer(route_name_layer(&route.name))
+        .layer(RequireAuthLayer::for_route(
+            &route.auth,
+            state.auth.as_ref(),
+        ))
+        .service(handler.with_state(state.clone()));
+    on_service(filter, service)
 }
 
 /// Labels a route's responses with its name, for the access log and the metrics.

@@ -72,7 +72,7 @@ publish = {{ exchange = "{exchange}", routing_key = "w.{{id}}" }}
     let access = |id: &str| {
         lines
             .iter()
-            .find(|v| v["span"]["request_id"] == id && v["message"] == "Request completed.")
+            .find(|v| v["request_id"] == id && v["message"] == "Request completed.")
             .unwrap_or_else(|| panic!("no access line for {id} in\n{log}"))
             .clone()
     };
@@ -83,7 +83,7 @@ publish = {{ exchange = "{exchange}", routing_key = "w.{{id}}" }}
         write["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
         "{write}"
     );
-    assert_eq!(write["span"]["path"], "/w/1", "the path, never the query");
+    assert_eq!(write["path"], "/w/1", "the path, never the query");
     let missing = access("log-test-2");
     assert_eq!(missing["status"], 404);
 

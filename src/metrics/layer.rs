@@ -30,12 +30,16 @@ use crate::telemetry::RouteName;
 #[derive(Clone, Debug)]
 pub struct RequestMetricsLayer {
     metrics: Arc<Metrics>,
+    unmatched: Arc<str>,
 }
 
 impl RequestMetricsLayer {
     /// Records into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            unmatched: Arc::from("unmatched"),
+        }
     }
 }
 
@@ -46,6 +50,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
         RequestMetrics {
             inner,
             metrics: self.metrics.clone(),
+            unmatched: self.unmatched.clone(),
         }
     }
 }
@@ -55,6 +60,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
 pub struct RequestMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    unmatched: Arc<str>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestMetrics<S>
@@ -74,6 +80,7 @@ where
             method: request.method().clone(),
             start: Instant::now(),
             metrics: self.metrics.clone(),
+            unmatched: self.unmatched.clone(),
             inner: self.inner.call(request),
         }
     }
@@ -87,6 +94,7 @@ pin_project_lite::pin_project! {
         method: Method,
         start: Instant,
         metrics: Arc<Metrics>,
+        unmatched: Arc<str>,
     }
 }
 
@@ -103,10 +111,10 @@ where
             let route = response
                 .extensions()
                 .get::<RouteName>()
-                .map_or("unmatched", |r| &r.0);
+                .map_or(&*this.unmatched, |r| &r.0);
             this.metrics.request(
                 route,
-                this.method.as_str(),
+                this.method,
                 response.status().as_u16(),
                 this.start.elapsed(),
             );

@@ -7,7 +7,10 @@
 
 mod layer;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::Method;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -21,21 +24,38 @@ use crate::amqp::Readiness;
 
 pub use layer::{RequestMetrics, RequestMetricsLayer, ResponseFuture};
 
-/// Labels of the HTTP request metrics.
+/// Labels of the HTTP request metrics. Shared and static strings: recording a request
+/// allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Route name (`unmatched` for 404/405 outside any route).
-    pub route: String,
-    /// HTTP method.
-    pub method: String,
+    pub route: Arc<str>,
+    /// HTTP method (`OTHER` for extension methods, so clients cannot add series).
+    pub method: &'static str,
     /// Response status code.
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteMethod {
-    route: String,
-    method: String,
+    route: Arc<str>,
+    method: &'static str,
+}
+
+/// The method as a label value; extension methods collapse into `OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,18 +162,19 @@ impl Metrics {
     }
 
     /// Records one HTTP response.
-    pub fn request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+    pub fn request(&self, route: &Arc<str>, method: &Method, status: u16, latency: Duration) {
+        let method = method_label(method);
         self.requests
             .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
+                route: route.clone(),
+                method,
                 status,
             })
             .inc();
         self.request_duration
             .get_or_create(&RouteMethod {
-                route: route.to_owned(),
-                method: method.to_owned(),
+                route: route.clone(),
+                method,
             })
             .observe(latency.as_secs_f64());
     }
@@ -216,7 +237,18 @@ mod tests {
     #[test]
     fn renders_recorded_values() {
         let m = Metrics::new();
-        m.request("get-user", "GET", 200, Duration::from_millis(3));
+        m.request(
+            &Arc::from("get-user"),
+            &Method::GET,
+            200,
+            Duration::from_millis(3),
+        );
+        m.request(
+            &Arc::from("get-user"),
+            &Method::from_bytes(b"BREW").unwrap(),
+            405,
+            Duration::ZERO,
+        );
         m.publish("create-user", "acked", Some(Duration::from_millis(2)));
         m.publish("create-user", "unroutable", None);
         m.cache("get-user", "hit");
@@ -228,6 +260,8 @@ mod tests {
         });
         for line in [
             "gateway_http_requests_total{route=\"get-user\",method=\"GET\",status=\"200\"} 1",
+            // Extension methods share one series: clients cannot add label values.
+            "gateway_http_requests_total{route=\"get-user\",method=\"OTHER\",status=\"405\"} 1",
             "gateway_publishes_total{route=\"create-user\",outcome=\"acked\"} 1",
             "gateway_publishes_total{route=\"create-user\",outcome=\"unroutable\"} 1",
             "gateway_publish_confirm_duration_seconds_count 1",

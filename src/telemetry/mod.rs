@@ -2,18 +2,23 @@
 //!
 //! Logs go to stderr as text or JSON, through a writer thread (lines are formatted on the
 //! request's thread, queued, and written in batches: no `write(2)` per line on the hot path;
-//! the queue blocks rather than drops when full). Text logs are coloured only on a terminal. The request span carries method, path and request id;
-//! the completion line adds the route name (from a response extension set by the handler),
-//! status and latency. `Authorization` is marked sensitive before the trace layer, so it can
-//! never be printed.
+//! the queue blocks rather than drops when full). Text logs are coloured only on a terminal.
+//! Each response gets one access-log line from [`AccessLogLayer`] (method, path, request id,
+//! route name, status, latency); no header value is ever logged.
+
+mod access;
+mod format;
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
-use axum::extract::Request;
 use clap::ValueEnum;
-use tracing::Span;
+use http::HeaderName;
 use tracing_subscriber::EnvFilter;
+
+pub use access::{AccessLog, AccessLogLayer, ResponseFuture as AccessLogFuture, TARGET};
+
+/// The request-id header: taken from the client (or nginx) when present, else generated.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -60,39 +65,21 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> LogGuard {
         .with_writer(writer);
     // A second init (tests) is harmless: keep the first subscriber.
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder
+            .event_format(format::LineFormat::new(
+                tracing_subscriber::fmt::format(),
+                false,
+            ))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .event_format(format::LineFormat::new(
+                tracing_subscriber::fmt::format().json().flatten_event(true),
+                true,
+            ))
+            .try_init(),
     };
     LogGuard {
         _worker: installed.is_ok().then_some(guard),
     }
-}
-
-/// The request span: method, path (never the query, which may carry secrets) and request id.
-pub fn make_span(request: &Request) -> Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id,
-    )
-}
-
-/// The access-log line.
-pub fn on_response<B>(response: &http::Response<B>, latency: Duration, _span: &Span) {
-    let route = response
-        .extensions()
-        .get::<RouteName>()
-        .map_or("-", |r| &r.0);
-    tracing::info!(
-        status = response.status().as_u16(),
-        route,
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "Request completed."
-    );
 }
