@@ -17,13 +17,15 @@
 pub mod etag;
 pub mod policy;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode, header};
 use moka::sync::Cache as Moka;
 use tokio::sync::watch;
@@ -33,6 +35,94 @@ use crate::config::CacheSettings;
 /// Upper bound on distinct `Accept-Encoding` values stored per entry; more are compressed on
 /// the fly (clients send few distinct values, attackers many).
 const MAX_ENCODED_VARIANTS_PER_ENTRY: u64 = 8;
+
+/// `X-Cache`, stamped on every response served from the cache.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// Ages below this are served from a table of prebuilt values ([`age_value`]): a hit then
+/// clones a static header value instead of formatting and allocating one.
+const AGE_TABLE_LEN: u64 = 1024;
+
+/// The `Age` header value for `secs`.
+pub fn age_value(secs: u64) -> HeaderValue {
+    static TABLE: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    if secs >= AGE_TABLE_LEN {
+        return HeaderValue::from(secs);
+    }
+    let table = TABLE.get_or_init(|| {
+        (0..AGE_TABLE_LEN)
+            .map(|n| {
+                // Leaked once (~4 KB in all): `from_static` values clone without refcounting.
+                let digits: &'static str = Box::leak(n.to_string().into_boxed_str());
+                HeaderValue::from_static(digits)
+            })
+            .collect()
+    });
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| table.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
+}
+
+/// `headers` as a hit serves them: with `Age` and `X-Cache: HIT` slots already in place, so
+/// that a hit clones one block and overwrites the `Age` value in place (no growth of the
+/// cloned map, no re-hashing of names), and optionally with `Vary: accept-encoding`.
+fn served_block(headers: &HeaderMap, vary_accept_encoding: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    for (name, value) in headers {
+        out.append(name.clone(), value.clone());
+    }
+    out.insert(header::AGE, HeaderValue::from_static("0"));
+    out.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    if vary_accept_encoding {
+        append_vary_accept_encoding(&mut out);
+    }
+    out
+}
+
+/// The fields of `headers` a 304 carries (RFC 9110 §15.4.5), in the order the read handler
+/// sends them, with `Age` and `X-Cache` slots, then `ETag` and, optionally,
+/// `Vary: accept-encoding`.
+fn not_modified_block(headers: &HeaderMap, vary_accept_encoding: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(10);
+    for name in [
+        header::CACHE_CONTROL,
+        header::CONTENT_LOCATION,
+        header::DATE,
+        header::EXPIRES,
+        header::VARY,
+        header::LAST_MODIFIED,
+    ] {
+        for v in headers.get_all(&name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out.insert(header::AGE, HeaderValue::from_static("0"));
+    out.insert(X_CACHE, HeaderValue::from_static("HIT"));
+    if let Some(tag) = headers.get(header::ETAG) {
+        out.insert(header::ETAG, tag.clone());
+    }
+    if vary_accept_encoding {
+        append_vary_accept_encoding(&mut out);
+    }
+    out
+}
+
+/// Appends `Vary: accept-encoding` unless a `Vary` value already names it or is `*`.
+pub fn append_vary_accept_encoding(headers: &mut HeaderMap) {
+    let present = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
+        });
+    if !present {
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
 
 /// A stored response.
 #[derive(Debug)]
@@ -53,6 +143,16 @@ pub struct Entry {
     pub initial_age: Duration,
     /// Encoded variants stored so far (bounded by [`MAX_ENCODED_VARIANTS_PER_ENTRY`]).
     variants: AtomicU64,
+    /// `headers` + `Age` + `X-Cache` slots, built once: what a hit clones ([`Entry::served`]).
+    served: HeaderMap,
+    /// The same with `Vary: accept-encoding` (routes that compress, client without
+    /// `Accept-Encoding`).
+    served_vary: HeaderMap,
+    /// The 304 for this entry, without and with `Vary: accept-encoding`
+    /// ([`Entry::not_modified`]).
+    not_modified: [HeaderMap; 2],
+    /// The weak form of the ETag, for a 304 standing for an encoded 200.
+    weak_etag: Option<HeaderValue>,
     /// The request path's invalidation generation when stored (see [`Cache::invalidate_path`]).
     generation: AtomicU64,
 }
@@ -70,7 +170,18 @@ impl Entry {
             .remove(header::AGE)
             .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
             .map_or(Duration::ZERO, Duration::from_secs);
+        let served = served_block(&headers, false);
+        let served_vary = served_block(&headers, true);
+        let not_modified = [
+            not_modified_block(&headers, false),
+            not_modified_block(&headers, true),
+        ];
+        let weak_etag = headers.get(header::ETAG).map(etag::weaken);
         Self {
+            served,
+            served_vary,
+            not_modified,
+            weak_etag,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             status,
             headers,
@@ -93,23 +204,85 @@ impl Entry {
         (self.initial_age + self.stored_at.elapsed()).as_secs()
     }
 
+    /// The response headers for serving this entry: `headers` plus `Age` (set to `age`),
+    /// `X-Cache` (set to `how`) and, with `vary_accept_encoding`, `Vary: accept-encoding`.
+    pub fn served(
+        &self,
+        age: HeaderValue,
+        how: &'static str,
+        vary_accept_encoding: bool,
+    ) -> HeaderMap {
+        let block = if vary_accept_encoding {
+            &self.served_vary
+        } else {
+            &self.served
+        };
+        stamp(block.clone(), age, how)
+    }
+
+    /// The headers of a 304 for this entry: `Age` and `X-Cache` set, `Vary: accept-encoding`
+    /// with `vary_accept_encoding`, the ETag weakened with `weak_etag` (the 200 it stands for
+    /// would be encoded).
+    pub fn not_modified(
+        &self,
+        age: HeaderValue,
+        how: &'static str,
+        vary_accept_encoding: bool,
+        weak_etag: bool,
+    ) -> HeaderMap {
+        let block = &self.not_modified[usize::from(vary_accept_encoding)];
+        let mut headers = stamp(block.clone(), age, how);
+        if weak_etag && let Some(weak) = &self.weak_etag {
+            headers.insert(header::ETAG, weak.clone());
+        }
+        headers
+    }
+
     fn weight(&self) -> u32 {
+        // The stored headers are held five times (as stored, the two served blocks and,
+        // for the fields a 304 carries, the two 304 blocks): count them so.
         let headers: usize = self
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| 5 * (k.as_str().len() + v.len() + 32))
             .sum();
         u32::try_from(self.body.len() + headers + 256).unwrap_or(u32::MAX)
     }
 }
 
+/// Overwrites the `Age` and `X-Cache` slots of a served block (in place: both names are
+/// present, so nothing grows).
+fn stamp(mut headers: HeaderMap, age: HeaderValue, how: &'static str) -> HeaderMap {
+    headers.insert(header::AGE, age);
+    if how != "HIT" {
+        headers.insert(X_CACHE, HeaderValue::from_static(how));
+    }
+    headers
+}
+
 /// A stored encoded body for one entry and one `Accept-Encoding` value.
 #[derive(Debug)]
 pub struct Encoded {
-    /// The response headers after encoding (`Content-Encoding`, `Vary`).
-    pub headers: HeaderMap,
+    /// The response headers after encoding (`Content-Encoding`, `Vary`), with `Age` and
+    /// `X-Cache` slots (see [`Encoded::served`]).
+    served: HeaderMap,
     /// The encoded body.
     pub body: Bytes,
+}
+
+impl Encoded {
+    /// An encoded variant with its response headers after encoding.
+    pub fn new(headers: &HeaderMap, body: Bytes) -> Self {
+        Self {
+            served: served_block(headers, false),
+            body,
+        }
+    }
+
+    /// The response headers for serving this variant, `Age` and `X-Cache` set.
+    pub fn served(&self, age: HeaderValue, how: &'static str) -> HeaderMap {
+        stamp(self.served.clone(), age, how)
+    }
 }
 
 #[derive(Clone)]
@@ -126,6 +299,9 @@ pub struct Cache {
     inflight: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
     /// Request path → generation, bumped by an accepted write to that path.
     generations: Moka<String, u64>,
+    /// Set by the first [`Cache::invalidate_path`] that records a generation: until then
+    /// every path's generation is 0 and lookups skip `generations`.
+    invalidated: AtomicBool,
     next_generation: AtomicU64,
     max_object_bytes: usize,
     /// The cached routes' path patterns, when known: a request path none of them matches can
@@ -168,12 +344,45 @@ impl Drop for LeaderGuard {
     }
 }
 
-fn encoded_key(entry: &Entry, accept_encoding: &[u8]) -> String {
-    format!(
-        "z\0{}\0{}",
-        entry.id,
-        String::from_utf8_lossy(accept_encoding)
+/// Runs `f` with the key `build` writes, built in a per-thread buffer: a lookup allocates
+/// nothing.
+fn with_key<R>(build: impl Fn(&mut String), f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    KEY.with(|key| {
+        let Ok(mut key) = key.try_borrow_mut() else {
+            // Only re-entrancy could get here (it does not happen); stay correct anyway.
+            let mut own = String::new();
+            build(&mut own);
+            return f(&own);
+        };
+        key.clear();
+        build(&mut key);
+        f(&key)
+    })
+}
+
+/// Runs `f` with the store key of `entry`'s variant for `accept_encoding`.
+fn with_encoded_key<R>(entry: &Entry, accept_encoding: &[u8], f: impl FnOnce(&str) -> R) -> R {
+    with_key(
+        |key| {
+            let _ = write!(
+                key,
+                "z\0{}\0{}",
+                entry.id,
+                String::from_utf8_lossy(accept_encoding)
+            );
+        },
+        f,
     )
+}
+
+/// The key of an entry stored without varying request headers (`Cache::full_key` with no
+/// names): what [`Cache::lookup`] tries first.
+fn push_plain_key(key: &mut String, base: &str) {
+    key.push_str("e\0");
+    key.push_str(base);
 }
 
 impl Cache {
@@ -194,6 +403,7 @@ impl Cache {
             vary: Moka::new(100_000),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             generations: Moka::new(100_000),
+            invalidated: AtomicBool::new(false),
             next_generation: AtomicU64::new(1),
             max_object_bytes: settings.max_object_bytes,
             paths: None,
@@ -249,6 +459,9 @@ impl Cache {
     }
 
     fn generation(&self, path: &str) -> u64 {
+        if !self.invalidated.load(Ordering::Acquire) {
+            return 0;
+        }
         self.generations.get(path).unwrap_or(0)
     }
 
@@ -261,18 +474,30 @@ impl Cache {
         }
         let next = self.next_generation.fetch_add(1, Ordering::Relaxed);
         self.generations.insert(path.to_owned(), next);
+        // After the insert: a lookup that sees the flag also sees the generation.
+        self.invalidated.store(true, Ordering::Release);
     }
 
     /// The stored entry for `base` matching `request`'s varying headers, fresh or not, unless
     /// request `path` was invalidated since it was stored.
     pub fn lookup(&self, base: &str, path: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
-        let names = self.vary.get(base)?;
-        match self.store.get(&Self::full_key(base, &names, request))? {
+        let usable = |value: Value| match value {
             Value::Entry(e) if e.generation.load(Ordering::Relaxed) == self.generation(path) => {
                 Some(e)
             }
             _ => None,
+        };
+        // Most responses vary on nothing but Accept-Encoding (handled apart): their key is
+        // known without the vary index, so a hit costs one store lookup. An entry under the
+        // plain key is current: storing a varying response for `base` removes it.
+        if let Some(value) = with_key(|k| push_plain_key(k, base), |k| self.store.get(k)) {
+            return usable(value);
         }
+        let names = self.vary.get(base)?;
+        if names.is_empty() {
+            return None;
+        }
+        usable(self.store.get(&Self::full_key(base, &names, request))?)
     }
 
     /// Stores `entry` under `base` (for request `path`), varying on `vary` (request header
@@ -294,6 +519,11 @@ impl Cache {
         }
         let names: Arc<[HeaderName]> = vary.into();
         let key = Self::full_key(base, &names, request);
+        if !names.is_empty() {
+            // [`Cache::lookup`] tries the plain key first: an older response that varied on
+            // nothing must not answer for this one.
+            with_key(|k| push_plain_key(k, base), |k| self.store.invalidate(k));
+        }
         self.vary.insert(base.to_owned(), names);
         self.store.insert(key, Value::Entry(entry.clone()));
         entry
@@ -302,6 +532,7 @@ impl Cache {
     /// Removes every variant reachable from `base` for this request shape (used when an
     /// upstream revalidation says the entry is gone).
     pub fn remove(&self, base: &str, request: &HeaderMap) {
+        with_key(|k| push_plain_key(k, base), |k| self.store.invalidate(k));
         if let Some(names) = self.vary.get(base) {
             self.store
                 .invalidate(&Self::full_key(base, &names, request));
@@ -310,7 +541,7 @@ impl Cache {
 
     /// The stored encoding of `entry` for this `Accept-Encoding`, if any.
     pub fn encoded(&self, entry: &Entry, accept_encoding: &[u8]) -> Option<Arc<Encoded>> {
-        match self.store.get(&encoded_key(entry, accept_encoding))? {
+        match with_encoded_key(entry, accept_encoding, |key| self.store.get(key))? {
             Value::Encoded(e) => Some(e),
             Value::Entry(_) => None,
         }
@@ -319,8 +550,8 @@ impl Cache {
     /// Stores an encoding of `entry`, unless the entry has too many already.
     pub fn put_encoded(&self, entry: &Entry, accept_encoding: &[u8], encoded: Arc<Encoded>) {
         if entry.variants.fetch_add(1, Ordering::Relaxed) < MAX_ENCODED_VARIANTS_PER_ENTRY {
-            self.store
-                .insert(encoded_key(entry, accept_encoding), Value::Encoded(encoded));
+            let key = with_encoded_key(entry, accept_encoding, str::to_owned);
+            self.store.insert(key, Value::Encoded(encoded));
         }
     }
 
@@ -436,6 +667,40 @@ mod tests {
         );
         assert!(c.lookup("b", "/p", &req(&[])).is_none());
         assert!(c.lookup("other", "/p", &req(&[])).is_none());
+    }
+
+    #[test]
+    fn a_varying_response_replaces_a_plain_one() {
+        let c = Cache::new(&settings());
+        c.store("b", "/p", vec![], &req(&[]), entry(b"plain"));
+        assert_eq!(c.lookup("b", "/p", &req(&[])).unwrap().body, "plain");
+        let names = vec![HeaderName::from_static("accept-language")];
+        c.store(
+            "b",
+            "/p",
+            names,
+            &req(&[("accept-language", "de")]),
+            entry(b"de"),
+        );
+        assert!(
+            c.lookup("b", "/p", &req(&[("accept-language", "en")]))
+                .is_none()
+        );
+        assert_eq!(
+            c.lookup("b", "/p", &req(&[("accept-language", "de")]))
+                .unwrap()
+                .body,
+            "de"
+        );
+        c.store("b", "/p", vec![], &req(&[]), entry(b"plain2"));
+        assert_eq!(
+            c.lookup("b", "/p", &req(&[("accept-language", "de")]))
+                .unwrap()
+                .body,
+            "plain2"
+        );
+        c.remove("b", &req(&[]));
+        assert!(c.lookup("b", "/p", &req(&[])).is_none());
     }
 
     #[test]

@@ -158,9 +158,11 @@ impl Upstream {
         &self,
         method: &Method,
         path_and_query: &PathAndQuery,
-        headers: &HeaderMap,
+        mut headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        for i in self.order() {
+        let order = self.order();
+        let last = order.len().saturating_sub(1);
+        for (attempt, i) in order.into_iter().enumerate() {
             let target = &self.targets[i];
             let uri = Uri::builder()
                 .scheme(target.scheme.clone())
@@ -173,7 +175,12 @@ impl Upstream {
                 .uri(uri)
                 .body(Body::empty())
                 .map_err(|_| UpstreamError::Failed)?;
-            *request.headers_mut() = headers.clone();
+            // Only an attempt that may be followed by another needs its own copy.
+            *request.headers_mut() = if attempt == last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
             match self.client.request(request).await {
                 Ok(response) => {
                     target.down_until_ms.store(0, Ordering::Relaxed);

@@ -1,13 +1,13 @@
-//! gzip for complete response bodies with a reused, per-thread encoder.
+//! gzip and zstd for complete response bodies with reused, per-thread encoders.
 //!
 //! tower-http's compression builds a new encoder for every response: for deflate that is a
 //! ~300 KB state allocated and zeroed per response, which cost more than compressing a 2 KB
-//! JSON body itself (bench/, BENCHMARKS.md). A body the gateway already holds in full is
-//! gzipped here instead, with one encoder per worker thread that is reset between responses.
-//! Only where the outcome is certain to be the same: tower-http's negotiation must pick gzip
-//! for the `Accept-Encoding` value (checked by [`picks_gzip`]) and its predicate must allow
-//! compression (checked by the caller). Everything else (br, zstd, q-values, `*`, streamed
-//! bodies) still goes through tower-http.
+//! JSON body itself (bench/, BENCHMARKS.md); for zstd a new compression context. A body the
+//! gateway already holds in full is encoded here instead, with one encoder per coding and
+//! worker thread, reset between responses. Only where the outcome is certain to be the same
+//! coding: tower-http's negotiation must pick it for the `Accept-Encoding` value (checked by
+//! [`picks_gzip`], [`picks_zstd`]) and its predicate must allow compression (checked by the
+//! caller). Everything else (br, q-values, `*`, streamed bodies) still goes through tower-http.
 
 use std::cell::RefCell;
 
@@ -21,8 +21,53 @@ const GZIP_LEVEL: u32 = 6;
 /// deflate window: 2^15 bytes, the gzip default.
 const WINDOW_BITS: u8 = 15;
 
+/// tower-http's `CompressionLevel::Default` for zstd (zstd's own default, 3; below 17, so
+/// tower-http sets no window limit either).
+const ZSTD_LEVEL: i32 = zstd::DEFAULT_COMPRESSION_LEVEL;
+
 thread_local! {
     static GZIP: RefCell<Option<Compress>> = const { RefCell::new(None) };
+    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// True when tower-http's negotiation is certain to choose zstd for this `Accept-Encoding`:
+/// zstd is listed and no q-value or `*` is given. Without q-values every listed coding has
+/// q=1 and tower-http breaks the tie by its own order, in which zstd comes last and wins
+/// (browsers send `gzip, deflate, br, zstd`).
+pub(crate) fn picks_zstd(accept_encoding: &HeaderValue) -> bool {
+    let Ok(value) = accept_encoding.to_str() else {
+        return false;
+    };
+    if value.contains(';') {
+        return false;
+    }
+    let mut zstd = false;
+    for token in value.split(',').map(str::trim) {
+        if token == "*" {
+            return false;
+        }
+        zstd |= token.eq_ignore_ascii_case("zstd");
+    }
+    zstd
+}
+
+/// `body` as one zstd frame (RFC 8878), or `None` if the encoder failed.
+pub(crate) fn zstd(body: &[u8]) -> Option<Bytes> {
+    ZSTD.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
+        }
+        let encoder = slot.as_mut()?;
+        // Each call starts a new frame on the kept context (parameters stay, state resets).
+        match encoder.compress(body) {
+            Ok(out) => Some(Bytes::from(out)),
+            Err(_) => {
+                *slot = None;
+                None
+            }
+        }
+    })
 }
 
 /// True when tower-http's negotiation is certain to choose gzip for this `Accept-Encoding`:
@@ -120,6 +165,40 @@ mod tests {
             "",
         ] {
             assert!(!picks_gzip(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn zstd_subset_matches_tower_http() {
+        for yes in [
+            "zstd",
+            "gzip, deflate, br, zstd",
+            "ZSTD, gzip",
+            "identity, zstd",
+        ] {
+            assert!(picks_zstd(&HeaderValue::from_static(yes)), "{yes}");
+        }
+        for no in [
+            "gzip",
+            "br",
+            "zstd;q=0",
+            "zstd, gzip;q=1",
+            "*",
+            "zstd, *",
+            "",
+        ] {
+            assert!(!picks_zstd(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn zstd_round_trips_and_reuses_the_encoder() {
+        for body in [b"".to_vec(), br#"{"a":1}"#.repeat(400)] {
+            for _ in 0..2 {
+                let z = zstd(&body).unwrap();
+                let back = zstd::bulk::decompress(&z, body.len() + 1).unwrap();
+                assert_eq!(back, body);
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 
 use crate::auth::Identity;
-use crate::cache::{self, Cache, Encoded, Entry, Flight, etag, policy};
+use crate::cache::{self, Cache, Encoded, Entry, Flight, X_CACHE, age_value, etag, policy};
 use crate::config::{CompressPolicy, ProxyTarget};
 use crate::error::GatewayError;
 use crate::proxy::{
@@ -47,8 +47,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Bodies smaller than this are sent as they are: the coding overhead and CPU outweigh the
 /// saving (nginx's `gzip_min_length` reasoning; a ~256-byte JSON rarely shrinks much).
 const MIN_COMPRESS_BYTES: u64 = 256;
-
-const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
 
 /// A read route as the handler needs it.
 #[derive(Debug)]
@@ -117,6 +115,11 @@ pub async fn handle(
 /// (plain or percent-encoded) would let `/public/../admin` match a public route and reach
 /// `/admin` upstream.
 fn check_path(path: &str) -> Result<(), GatewayError> {
+    // Without a `.` or a `%` there is no dot segment, plain or encoded: skip the allocations
+    // below for the usual path.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
     let lower = path.to_ascii_lowercase();
     let decoded = lower.replace("%2e", ".");
     let dot_segment = decoded.split('/').any(|seg| seg == "." || seg == "..");
@@ -256,7 +259,7 @@ impl Call<'_> {
         let upstream = &self.route.upstream;
         let exchange = async {
             let response = upstream
-                .send(method, &self.path_and_query, &headers)
+                .send(method, &self.path_and_query, headers)
                 .await
                 .map_err(|e| match e {
                     UpstreamError::Unreachable | UpstreamError::Failed => GatewayError::BadGateway,
@@ -499,66 +502,57 @@ impl Call<'_> {
     /// stored encoding for this `Accept-Encoding` (encoding it once if needed).
     async fn serve(&self, cache: &Cache, entry: Arc<Entry>, how: &'static str) -> Response {
         self.record_cache(how);
-        let stamp = |headers: &mut HeaderMap| {
-            headers.insert(header::AGE, HeaderValue::from(entry.age_secs()));
-            headers.insert(X_CACHE, HeaderValue::from_static(how));
-        };
-        let mut headers = entry.headers.clone();
-        stamp(&mut headers);
-        if let Some(not_modified) = self.not_modified(entry.status, &headers) {
-            return not_modified;
+        let age = age_value(entry.age_secs());
+        if self.validator_matches(entry.status, &entry.headers) {
+            // Built from the entry's prebuilt 304 block: same fields and order as
+            // [`Call::not_modified`] produces from the stored headers.
+            let weak = entry.headers.contains_key(header::ETAG) && self.encodes(&entry.headers);
+            let headers = entry.not_modified(age, how, self.compress, weak);
+            return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
         }
-        let respond = |headers: HeaderMap, body: Bytes| build(entry.status, headers, body);
         let accept = self.parts.headers.get(header::ACCEPT_ENCODING);
         let Some(accept) = accept
             .filter(|_| self.compress && !entry.headers.contains_key(header::CONTENT_ENCODING))
         else {
-            if self.compress {
-                // No Accept-Encoding: still tell caches the representation varies on it.
-                append_vary_accept_encoding(&mut headers);
-            }
-            return respond(headers, entry.body.clone());
+            // No Accept-Encoding: on a compressing route still tell caches the representation
+            // varies on it.
+            let headers = entry.served(age, how, self.compress);
+            return build(entry.status, headers, entry.body.clone());
         };
-        if let Some(stored) = cache.encoded(&entry, accept.as_bytes()) {
-            let mut headers = stored.headers.clone();
-            stamp(&mut headers);
-            return respond(headers, stored.body.clone());
+        // An `Accept-Encoding` that selects no coding is never stored as a variant: no lookup.
+        if !encode::picks_identity(accept)
+            && let Some(stored) = cache.encoded(&entry, accept.as_bytes())
+        {
+            return build(entry.status, stored.served(age, how), stored.body.clone());
         }
-        let encoded = compress(accept, respond(entry.headers.clone(), entry.body.clone())).await;
+        let plain = build(entry.status, entry.headers.clone(), entry.body.clone());
+        let encoded = compress(accept, plain).await;
         let (mut parts, body) = encoded.into_parts();
         if !parts.headers.contains_key(header::CONTENT_ENCODING) {
-            stamp(&mut parts.headers);
+            parts.headers.insert(header::AGE, age);
+            parts.headers.insert(X_CACHE, HeaderValue::from_static(how));
             return Response::from_parts(parts, body);
         }
         let Ok(collected) = body.collect().await else {
             return error_response(GatewayError::Internal);
         };
         let bytes = collected.to_bytes();
-        cache.put_encoded(
-            &entry,
-            accept.as_bytes(),
-            Arc::new(Encoded {
-                headers: parts.headers.clone(),
-                body: bytes.clone(),
-            }),
-        );
-        stamp(&mut parts.headers);
-        respond(parts.headers, bytes)
+        let stored = Arc::new(Encoded::new(&parts.headers, bytes.clone()));
+        cache.put_encoded(&entry, accept.as_bytes(), stored.clone());
+        build(entry.status, stored.served(age, how), bytes)
     }
 
     /// A 304 for a 200 whose ETag the client already has (weak comparison), carrying the
     /// headers RFC 9110 §15.4.5 lists.
     fn not_modified(&self, status: StatusCode, headers: &HeaderMap) -> Option<Response> {
-        let inm = self.parts.headers.get_all(header::IF_NONE_MATCH);
-        if status != StatusCode::OK
-            || inm.iter().next().is_none()
-            || !etag::none_match_matches(inm.iter(), headers.get(header::ETAG))
-        {
+        if !self.validator_matches(status, headers) {
             return None;
         }
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
+        // Sized for the usual fields, so that building the map never grows it.
         let out = response.headers_mut();
+        out.reserve(10);
         for name in [
             header::CACHE_CONTROL,
             header::CONTENT_LOCATION,
@@ -566,9 +560,12 @@ impl Call<'_> {
             header::EXPIRES,
             header::VARY,
             header::LAST_MODIFIED,
-            header::AGE,
-            X_CACHE,
         ] {
+            for v in headers.get_all(&name) {
+                out.append(name.clone(), v.clone());
+            }
+        }
+        for name in [header::AGE, X_CACHE] {
             for v in headers.get_all(&name) {
                 out.append(name.clone(), v.clone());
             }
@@ -576,17 +573,9 @@ impl Call<'_> {
         if let Some(tag) = headers.get(header::ETAG) {
             // The 200 this stands for would be compressed (and weakly tagged) when the client
             // accepts an encoding; keep the tag the client would have seen.
-            let encodes = self.compress
-                && !headers.contains_key(header::CONTENT_ENCODING)
-                && self
-                    .parts
-                    .headers
-                    .get(header::ACCEPT_ENCODING)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| ["gzip", "br", "zstd"].iter().any(|e| v.contains(e)));
             out.insert(
                 header::ETAG,
-                if encodes {
+                if self.encodes(headers) {
                     etag::weaken(tag)
                 } else {
                     tag.clone()
@@ -597,6 +586,27 @@ impl Call<'_> {
             append_vary_accept_encoding(out);
         }
         Some(response)
+    }
+
+    /// A 200 with `headers` is answered 304: the client's `If-None-Match` matches its ETag
+    /// (weak comparison).
+    fn validator_matches(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        let inm = self.parts.headers.get_all(header::IF_NONE_MATCH);
+        status == StatusCode::OK
+            && inm.iter().next().is_some()
+            && etag::none_match_matches(inm.iter(), headers.get(header::ETAG))
+    }
+
+    /// The 200 with `headers` would go out encoded for this client (which weakens its ETag).
+    fn encodes(&self, headers: &HeaderMap) -> bool {
+        self.compress
+            && !headers.contains_key(header::CONTENT_ENCODING)
+            && self
+                .parts
+                .headers
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| ["gzip", "br", "zstd"].iter().any(|e| v.contains(e)))
     }
 
     fn record_cache(&self, how: &'static str) {
@@ -640,17 +650,7 @@ fn build(status: StatusCode, headers: HeaderMap, body: impl Into<Body>) -> Respo
 }
 
 fn append_vary_accept_encoding(headers: &mut HeaderMap) {
-    let present = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
-        });
-    if !present {
-        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
+    cache::append_vary_accept_encoding(headers);
 }
 
 fn error_response(e: GatewayError) -> Response {
@@ -659,11 +659,12 @@ fn error_response(e: GatewayError) -> Response {
 
 /// Runs one response through tower-http's compression for this `Accept-Encoding` (its
 /// negotiation, q-values and compressible-type predicate), weakening the ETag when it encodes.
-/// Complete bodies that tower-http would gzip are gzipped by [`encode`] instead, with a reused
-/// encoder (same negotiation, predicate, headers and level; no per-response encoder state).
+/// Complete bodies that tower-http would gzip or zstd-encode are encoded by [`encode`] instead,
+/// with a reused encoder (same negotiation, predicate, headers and level; no per-response
+/// encoder state).
 async fn compress(accept_encoding: &HeaderValue, response: Response) -> Response {
     let predicate = DefaultPredicate::new().and(SizeAbove::new(MIN_COMPRESS_BYTES));
-    let response = match gzip_complete(accept_encoding, predicate.clone(), response).await {
+    let response = match encode_complete(accept_encoding, predicate.clone(), response).await {
         Ok(gzipped) => return weaken_etag_if_encoded(gzipped),
         Err(response) => response,
     };
@@ -705,10 +706,13 @@ fn weaken_etag_if_encoded(mut response: Response) -> Response {
     response
 }
 
-/// The fast paths of [`compress`]: no coding when tower-http would pick none, gzip for a
-/// complete body when tower-http would gzip it. Hands the response back untouched (`Err`) when
-/// neither applies.
-async fn gzip_complete(
+/// One of [`encode`]'s encoders for a complete body.
+type Encoder = fn(&[u8]) -> Option<Bytes>;
+
+/// The fast paths of [`compress`]: no coding when tower-http would pick none, gzip or zstd for
+/// a complete body when tower-http would pick that coding. Hands the response back untouched
+/// (`Err`) when none applies.
+async fn encode_complete(
     accept_encoding: &HeaderValue,
     predicate: impl Predicate,
     response: Response,
@@ -725,12 +729,18 @@ async fn gzip_complete(
         }
         return Ok(response);
     }
-    let applies = compressible
-        && encode::picks_gzip(accept_encoding)
-        && response.body().size_hint().exact().is_some();
+    let coding: (&'static str, Encoder) = if encode::picks_zstd(accept_encoding) {
+        ("zstd", encode::zstd)
+    } else if encode::picks_gzip(accept_encoding) {
+        ("gzip", encode::gzip)
+    } else {
+        return Err(response);
+    };
+    let applies = compressible && response.body().size_hint().exact().is_some();
     if !applies {
         return Err(response);
     }
+    let (name, encoder) = coding;
     let (mut parts, body) = response.into_parts();
     // Only buffered bodies have an exact size here (streamed, over-limit ones do not), so
     // this does not wait on the network.
@@ -738,7 +748,7 @@ async fn gzip_complete(
         return Ok(error_response(GatewayError::Internal));
     };
     let bytes = collected.to_bytes();
-    let Some(gzipped) = encode::gzip(&bytes) else {
+    let Some(encoded) = encoder(&bytes) else {
         return Err(Response::from_parts(parts, Body::from(bytes)));
     };
     // The header changes tower-http makes when it encodes.
@@ -747,8 +757,8 @@ async fn gzip_complete(
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
-        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    Ok(Response::from_parts(parts, Body::from(gzipped)))
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static(name));
+    Ok(Response::from_parts(parts, Body::from(encoded)))
 }
 
 #[cfg(test)]
@@ -789,6 +799,10 @@ mod tests {
         assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(gz.headers()[header::ETAG], "W/\"t\"");
         assert_eq!(gz.headers()[header::VARY], "accept-encoding");
+        let zs = compress(&HeaderValue::from_static("gzip, deflate, br, zstd"), make()).await;
+        assert_eq!(zs.headers()[header::CONTENT_ENCODING], "zstd");
+        assert_eq!(zs.headers()[header::ETAG], "W/\"t\"");
+        assert!(!zs.headers().contains_key(header::CONTENT_LENGTH));
         let id = compress(&HeaderValue::from_static("identity"), make()).await;
         assert!(!id.headers().contains_key(header::CONTENT_ENCODING));
         assert_eq!(id.headers()[header::ETAG], "\"t\"");
