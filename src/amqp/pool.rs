@@ -63,10 +63,11 @@ struct Live {
 struct Inner {
     settings: PoolSettings,
     pool: Pool,
-    /// What requests read: every channel currently able to publish.
-    live: ArcSwap<Vec<Live>>,
+    /// What requests read: every channel currently able to publish. Behind an `Arc` each, so
+    /// that a publish takes one reference count rather than cloning a `Channel` (a dozen).
+    live: ArcSwap<Vec<Arc<Live>>>,
     /// Per-slot channel lists; `live` is rebuilt from these when one changes.
-    slots: Mutex<Vec<Vec<Live>>>,
+    slots: Mutex<Vec<Vec<Arc<Live>>>>,
     next: AtomicUsize,
     /// Wakes supervisors to look for closed channels now rather than at the next tick.
     check: Notify,
@@ -170,7 +171,7 @@ impl ChannelSet {
         let channel = self.pick()?;
         match tokio::time::timeout(
             self.inner.settings.confirm_timeout,
-            publish_on(&channel, event, props),
+            publish_on(&channel.channel, event, props),
         )
         .await
         {
@@ -185,7 +186,7 @@ impl ChannelSet {
     }
 
     /// Round-robin over live channels, skipping blocked connections and dead channels.
-    fn pick(&self) -> Result<Channel, PublishError> {
+    fn pick(&self) -> Result<Arc<Live>, PublishError> {
         let live = self.inner.live.load();
         let n = live.len();
         if n == 0 {
@@ -198,7 +199,7 @@ impl ChannelSet {
             if l.blocked.load(Ordering::Relaxed) {
                 saw_blocked = true;
             } else if l.channel.status().connected() {
-                return Ok(l.channel.clone());
+                return Ok(l.clone());
             } else {
                 self.inner.check.notify_waiters();
             }
@@ -224,7 +225,7 @@ impl ChannelSet {
 }
 
 impl Inner {
-    fn set_slot(&self, slot: usize, channels: Vec<Live>) {
+    fn set_slot(&self, slot: usize, channels: Vec<Arc<Live>>) {
         // The mutex only serialises supervisors rebuilding the snapshot; requests never take it.
         let mut slots = match self.slots.lock() {
             Ok(guard) => guard,
@@ -400,9 +401,11 @@ async fn serve(
             slot,
             channels
                 .iter()
-                .map(|c| Live {
-                    channel: c.clone(),
-                    blocked: blocked.clone(),
+                .map(|c| {
+                    Arc::new(Live {
+                        channel: c.clone(),
+                        blocked: blocked.clone(),
+                    })
                 })
                 .collect(),
         );

@@ -7,17 +7,17 @@
 use std::borrow::Cow;
 use std::io::Read;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams, Request};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::amqp::{Event, PublishError};
@@ -35,6 +35,12 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest `X-Request-Id` / `traceparent` copied into message properties.
 const MAX_TRACE_ID: usize = 255;
 
+/// Request headers read on every write, as pre-parsed names (a `&str` name is parsed and
+/// hashed anew on every lookup).
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Characters kept as-is when a path parameter is put back into a `Location` path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -51,10 +57,16 @@ pub struct WriteRoute {
     pub target: PublishTarget,
 }
 
-#[derive(Serialize)]
-struct Accepted<'a> {
-    event_id: &'a str,
-    status: &'static str,
+/// The body of a 2xx, `{"event_id":"<uuid>","status":"accepted"}`, exactly as serde_json
+/// would write it (a hyphenated UUID needs no escaping), without a serializer per request.
+fn accepted_body(event_id: &str) -> Bytes {
+    const HEAD: &str = r#"{"event_id":""#;
+    const TAIL: &str = r#"","status":"accepted"}"#;
+    let mut body = Vec::with_capacity(HEAD.len() + event_id.len() + TAIL.len());
+    body.extend_from_slice(HEAD.as_bytes());
+    body.extend_from_slice(event_id.as_bytes());
+    body.extend_from_slice(TAIL.as_bytes());
+    Bytes::from(body)
 }
 
 /// Handles one write request.
@@ -77,8 +89,8 @@ pub async fn handle(
     let routing_key = render_routing_key(target, &params)?;
 
     let event_id = event_id(headers, &route.name)?;
-    let correlation_id = optional_trace_header(headers, "x-request-id")?;
-    let traceparent = optional_trace_header(headers, "traceparent")?;
+    let correlation_id = optional_trace_header(headers, &X_REQUEST_ID)?;
+    let traceparent = optional_trace_header(headers, &TRACEPARENT)?;
 
     let param_headers: Vec<(String, &str)> = params
         .iter()
@@ -99,12 +111,13 @@ pub async fn handle(
         amqp_headers.extend(identity.headers());
     }
 
-    let event_id_text = event_id.to_string();
+    let mut event_id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let event_id_text: &str = event_id.hyphenated().encode_lower(&mut event_id_buf);
     let event = Event {
         exchange: &target.exchange,
         routing_key: &routing_key,
         body: &body,
-        message_id: &event_id_text,
+        message_id: event_id_text,
         correlation_id,
         content_type: target.properties.content_type.as_deref().or(content_type),
         message_type: target
@@ -127,7 +140,7 @@ pub async fn handle(
             .map_or_else(PublishError::label, |()| "acked"),
         published.is_ok().then(|| started.elapsed()),
     );
-    published.map_err(|e| publish_error(e, &state, &route.name, &event_id_text))?;
+    published.map_err(|e| publish_error(e, &state, &route.name, event_id_text))?;
     if let Some(cache) = &state.cache {
         // RFC 9111 §4.4: an accepted unsafe request invalidates what this instance stored for
         // the same path. Other instances' copies age out within their freshness lifetime.
@@ -140,7 +153,7 @@ pub async fn handle(
         .map(|t| {
             t.render(|name| {
                 if name == "event_id" {
-                    return Ok(Cow::Borrowed(event_id_text.as_str()));
+                    return Ok(Cow::Borrowed(event_id_text));
                 }
                 let value = params
                     .iter()
@@ -151,14 +164,12 @@ pub async fn handle(
         })
         .transpose()?;
     let status = StatusCode::from_u16(target.status).unwrap_or(StatusCode::ACCEPTED);
-    let mut response = (
-        status,
-        axum::Json(Accepted {
-            event_id: &event_id_text,
-            status: "accepted",
-        }),
-    )
-        .into_response();
+    let mut response = Response::new(Body::from(accepted_body(event_id_text)));
+    *response.status_mut() = status;
+    // What `axum::Json` sets.
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(location) = location {
         let value = HeaderValue::try_from(location).map_err(|_| GatewayError::Internal)?;
         response.headers_mut().insert(LOCATION, value);
@@ -218,9 +229,15 @@ async fn read_body(
             ));
         }
     };
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| GatewayError::RequestTimeout)?;
+    // A small body usually arrived with the head: poll once before arming a timer (a timer
+    // entry costs a lock on the timer wheel to register and again to cancel).
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    let collected = match futures_util::poll!(collect.as_mut()) {
+        Poll::Ready(collected) => collected,
+        Poll::Pending => tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| GatewayError::RequestTimeout)?,
+    };
     let raw = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
@@ -265,19 +282,25 @@ fn check_content_type<'h>(
             target.content_types.join(", ")
         )));
     };
-    let essence = full
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if !target.content_types.contains(&essence) {
+    // The route's types are lower-case (config validation): compare without allocating.
+    let essence = full.split(';').next().unwrap_or("").trim();
+    if !target
+        .content_types
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(essence))
+    {
         return Err(GatewayError::UnsupportedMediaType(format!(
-            "Content-Type `{essence}` is not accepted; this route accepts {}",
+            "Content-Type `{}` is not accepted; this route accepts {}",
+            essence.to_ascii_lowercase(),
             target.content_types.join(", ")
         )));
     }
-    let is_json = essence == "application/json" || essence.ends_with("+json");
+    let is_json = essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .len()
+            .checked_sub(5)
+            .and_then(|at| essence.get(at..))
+            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"));
     if is_json && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
         return Err(GatewayError::BadRequest(
             "the body is not valid JSON".into(),
@@ -313,7 +336,7 @@ fn render_routing_key(
 /// UUIDv7 by default; with `Idempotency-Key`, a UUIDv5 of route and key, so a retry of the same
 /// request carries the same `message_id` for consumers to deduplicate on.
 fn event_id(headers: &HeaderMap, route: &str) -> Result<Uuid, GatewayError> {
-    let mut keys = headers.get_all("idempotency-key").iter();
+    let mut keys = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(key) = keys.next() else {
         return Ok(Uuid::now_v7());
     };
@@ -342,7 +365,7 @@ fn event_id(headers: &HeaderMap, route: &str) -> Result<Uuid, GatewayError> {
 /// A tracing header copied into the message, if present and sane.
 fn optional_trace_header<'h>(
     headers: &'h HeaderMap,
-    name: &str,
+    name: &HeaderName,
 ) -> Result<Option<&'h str>, GatewayError> {
     let Some(value) = headers.get(name) else {
         return Ok(None);
