@@ -1,13 +1,14 @@
 //! Logging setup and the per-request log line.
 //!
-//! Logs go to stderr as text or JSON, through a writer thread (lines are formatted on the
-//! request's thread, queued, and written in batches: no `write(2)` per line on the hot path;
-//! the queue blocks rather than drops when full). Text logs are coloured only on a terminal.
+//! Logs go to stderr as text or JSON. Lines are formatted on the request's thread and written
+//! out in batches by a writer thread (`writer`): no `write(2)` and no wake-up per line on the
+//! hot path, and no line is ever dropped. Text logs are coloured only on a terminal.
 //! Each response gets one access-log line from [`AccessLogLayer`] (method, path, request id,
 //! route name, status, latency); no header value is ever logged.
 
 mod access;
 mod format;
+mod writer;
 
 use std::io::IsTerminal;
 
@@ -43,7 +44,7 @@ pub struct RouteName(pub std::sync::Arc<str>);
 #[must_use = "dropping the guard stops the log writer"]
 #[derive(Debug)]
 pub struct LogGuard {
-    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _writer: Option<writer::FlushGuard>,
 }
 
 /// Installs the global subscriber. `filter` is an `EnvFilter` directive (e.g. from `RUST_LOG`).
@@ -51,14 +52,7 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> LogGuard {
     let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let ansi = std::io::stderr().is_terminal();
-    // Flushed whenever the queue runs empty, so a line is never held back while idle.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("amqp-gateway-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = writer::BatchWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -80,6 +74,6 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> LogGuard {
             .try_init(),
     };
     LogGuard {
-        _worker: installed.is_ok().then_some(guard),
+        _writer: installed.is_ok().then_some(guard),
     }
 }
