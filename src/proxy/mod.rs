@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use headers::{
     ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
@@ -88,6 +88,11 @@ impl Upstreams {
                 connector.set_nodelay(true);
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    // Without a pool timer hyper-util never starts its idle-eviction task, and
+                    // idle connections (each holding a read buffer that grew with the largest
+                    // responses it carried) are only dropped when the next request to the same
+                    // upstream checks one out: after a burst they stayed, and their memory.
+                    .pool_timer(TokioTimer::new())
                     .build(connector);
                 let targets = cfg
                     .targets
