@@ -111,7 +111,7 @@ fn route_service(route: &Route, state: &AppState) -> MethodRouter<AppState> {
     match &route.action {
         RouteAction::Publish(target) => {
             let write = Arc::new(WriteRoute {
-                name: route.name.clone(),
+                name: Arc::from(route.name.as_str()),
                 target: target.clone(),
             });
             layered(

@@ -60,13 +60,13 @@ fn method_label(method: &Method) -> &'static str {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteOutcome {
-    route: String,
+    route: Arc<str>,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamOutcome {
-    upstream: String,
+    upstream: Arc<str>,
     outcome: &'static str,
 }
 
@@ -180,10 +180,10 @@ impl Metrics {
     }
 
     /// Records a publish outcome; `confirm` is the publish-to-ack time of an acked publish.
-    pub fn publish(&self, route: &str, outcome: &'static str, confirm: Option<Duration>) {
+    pub fn publish(&self, route: &Arc<str>, outcome: &'static str, confirm: Option<Duration>) {
         self.publishes
             .get_or_create(&RouteOutcome {
-                route: route.to_owned(),
+                route: route.clone(),
                 outcome,
             })
             .inc();
@@ -193,20 +193,20 @@ impl Metrics {
     }
 
     /// Records a cache result on a cached route.
-    pub fn cache(&self, route: &str, result: &'static str) {
+    pub fn cache(&self, route: &Arc<str>, result: &'static str) {
         self.cache
             .get_or_create(&RouteOutcome {
-                route: route.to_owned(),
+                route: route.clone(),
                 outcome: result,
             })
             .inc();
     }
 
     /// Records an upstream exchange outcome.
-    pub fn upstream(&self, upstream: &str, outcome: &'static str) {
+    pub fn upstream(&self, upstream: &Arc<str>, outcome: &'static str) {
         self.upstream
             .get_or_create(&UpstreamOutcome {
-                upstream: upstream.to_owned(),
+                upstream: upstream.clone(),
                 outcome,
             })
             .inc();
@@ -249,10 +249,11 @@ mod tests {
             405,
             Duration::ZERO,
         );
-        m.publish("create-user", "acked", Some(Duration::from_millis(2)));
-        m.publish("create-user", "unroutable", None);
-        m.cache("get-user", "hit");
-        m.upstream("users", "ok");
+        let create: Arc<str> = Arc::from("create-user");
+        m.publish(&create, "acked", Some(Duration::from_millis(2)));
+        m.publish(&create, "unroutable", None);
+        m.cache(&Arc::from("get-user"), "hit");
+        m.upstream(&Arc::from("users"), "ok");
         let text = m.render(Readiness {
             ready_channels: 3,
             configured_channels: 4,

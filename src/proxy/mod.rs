@@ -52,7 +52,7 @@ struct Target {
 
 /// One `[upstreams.NAME]`: its targets and its own connection pool.
 pub struct Upstream {
-    name: String,
+    name: Arc<str>,
     targets: Vec<Target>,
     next: AtomicUsize,
     timeout: Duration,
@@ -108,7 +108,7 @@ impl Upstreams {
                     })
                     .collect();
                 let upstream = Upstream {
-                    name: name.clone(),
+                    name: Arc::from(name.as_str()),
                     targets,
                     next: AtomicUsize::new(0),
                     timeout: cfg.timeout,
@@ -130,7 +130,7 @@ impl Upstreams {
 
 impl Upstream {
     /// The upstream's name in config.
-    pub fn name(&self) -> &str {
+    pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 

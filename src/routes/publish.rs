@@ -52,7 +52,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Debug)]
 pub struct WriteRoute {
     /// Route name (logs, idempotency namespace).
-    pub name: String,
+    pub name: Arc<str>,
     /// What to publish where.
     pub target: PublishTarget,
 }

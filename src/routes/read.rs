@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -66,7 +67,10 @@ struct Call<'a> {
     state: &'a AppState,
     route: &'a ReadRoute,
     parts: &'a Parts,
-    path_and_query: PathAndQuery,
+    /// The route's path parameters, when its upstream path is a template.
+    params: Option<RawPathParams>,
+    /// The upstream path and query, rendered on first use: a cache hit never needs it.
+    path_and_query: OnceLock<PathAndQuery>,
     peer: Option<IpAddr>,
     /// Compress the response if the client accepts it.
     compress: bool,
@@ -83,7 +87,16 @@ pub async fn handle(
     // A body on GET/HEAD is never forwarded (it would be an unkeyed cache input).
     let (mut parts, _body) = request.into_parts();
     check_path(parts.uri.path())?;
-    let path_and_query = upstream_path_and_query(&route, &mut parts).await?;
+    let params = match route.target.upstream_path {
+        None => None,
+        Some(_) => Some(
+            RawPathParams::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|_| {
+                    GatewayError::BadRequest("path parameters must be valid UTF-8".into())
+                })?,
+        ),
+    };
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -101,7 +114,8 @@ pub async fn handle(
         state: &state,
         route: &route,
         parts: &parts,
-        path_and_query,
+        params,
+        path_and_query: OnceLock::new(),
         peer,
         compress,
     };
@@ -133,18 +147,13 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
 
 /// The upstream path (rewritten with the route's template, or the request path unchanged) and
 /// the request's query string.
-async fn upstream_path_and_query(
+fn upstream_path_and_query(
     route: &ReadRoute,
-    parts: &mut Parts,
+    params: Option<&RawPathParams>,
+    uri: &http::Uri,
 ) -> Result<PathAndQuery, GatewayError> {
-    let path = match &route.target.upstream_path {
-        None => Cow::Borrowed(parts.uri.path()),
-        Some(template) => {
-            let params = RawPathParams::from_request_parts(parts, &())
-                .await
-                .map_err(|_| {
-                    GatewayError::BadRequest("path parameters must be valid UTF-8".into())
-                })?;
+    let path = match (&route.target.upstream_path, params) {
+        (Some(template), Some(params)) => {
             let params: Vec<(&str, &str)> = params.iter().collect();
             Cow::Owned(
                 template
@@ -168,8 +177,9 @@ async fn upstream_path_and_query(
                     .unwrap_or_default(),
             )
         }
+        _ => Cow::Borrowed(uri.path()),
     };
-    let pq = match parts.uri.query() {
+    let pq = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.into_owned(),
     };
@@ -256,10 +266,18 @@ impl Call<'_> {
         for (k, v) in extra {
             headers.insert(k, v.clone());
         }
+        let path_and_query = match self.path_and_query.get() {
+            Some(pq) => pq,
+            None => {
+                let pq =
+                    upstream_path_and_query(self.route, self.params.as_ref(), &self.parts.uri)?;
+                self.path_and_query.get_or_init(|| pq)
+            }
+        };
         let upstream = &self.route.upstream;
         let exchange = async {
             let response = upstream
-                .send(method, &self.path_and_query, headers)
+                .send(method, path_and_query, headers)
                 .await
                 .map_err(|e| match e {
                     UpstreamError::Unreachable | UpstreamError::Failed => GatewayError::BadGateway,
@@ -323,8 +341,9 @@ impl Call<'_> {
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
         match subject {
-            None => format!("s\0{}\0{target}", self.route.name),
-            Some(sub) => format!("u\0{sub}\0{}\0{target}", self.route.name),
+            // Concatenation, not `format!`: this runs on every cache lookup.
+            None => ["s\0", &self.route.name, "\0", target].concat(),
+            Some(sub) => ["u\0", sub, "\0", &self.route.name, "\0", target].concat(),
         }
     }
 

@@ -34,6 +34,9 @@ use super::RouteName;
 /// `RUST_LOG=info,amqp_gateway::access=off`).
 pub const TARGET: &str = "amqp_gateway::access";
 
+/// The message of every access-log line (the formatter writes it without formatting).
+pub(crate) const MESSAGE: &str = "Request completed.";
+
 /// Layer that applies [`AccessLog`]. Put it inside the request-id layer, so the id is set.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AccessLogLayer {

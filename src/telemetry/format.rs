@@ -17,7 +17,7 @@ use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::access::TARGET;
+use super::access::{MESSAGE, TARGET};
 
 /// Formats access-log events itself and hands the rest to `fallback`.
 #[derive(Debug, Clone)]
@@ -68,6 +68,15 @@ where
             writer.write_char(' ')?;
             writer.write_str(TARGET)?;
             writer.write_char(':')?;
+        }
+        // Every event of this target is the access line, whose message is a constant.
+        if self.json {
+            writer.write_str(",\"message\":\"")?;
+            writer.write_str(MESSAGE)?;
+            writer.write_char('"')?;
+        } else {
+            writer.write_char(' ')?;
+            writer.write_str(MESSAGE)?;
         }
         let mut fields = Fields {
             writer: &mut writer,
@@ -149,10 +158,9 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        // The message (`format_args!`) and anything not recorded as a primitive.
-        if self.result.is_ok() {
-            let text = format!("{value:?}");
-            self.result = self.str_value(field, &text);
+        // The message is written by `format_event` (the access module's constant).
+        if self.result.is_ok() && field.name() != "message" {
+            self.result = self.str_value(field, &format!("{value:?}"));
         }
     }
 }

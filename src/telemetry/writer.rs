@@ -45,7 +45,12 @@ impl Shared {
     /// Takes what is pending and writes it out, in order with every other batch.
     fn write_out(&self) {
         let mut output = lock(&self.output);
-        let batch = std::mem::take(&mut lock(&self.pending).buf);
+        let batch = {
+            let mut pending = lock(&self.pending);
+            // The next batch starts at this one's size: no reallocation while lines arrive.
+            let capacity = pending.buf.len().min(MAX_PENDING);
+            std::mem::replace(&mut pending.buf, Vec::with_capacity(capacity))
+        };
         if !batch.is_empty() {
             // Nowhere to report a failing stderr; the lines are lost either way.
             let _ = output.write_all(&batch);
