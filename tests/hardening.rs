@@ -127,6 +127,27 @@ async fn oversized_heads_get_431_and_414() {
     assert!(matches!(code, Some(414 | 431)), "long URI: {response:?}");
 }
 
+/// With `max_headers` left at its default (100) the server does not pass it to hyper, whose
+/// own limit is the same: 100 headers are served, 101 get 431.
+#[tokio::test]
+async fn the_default_header_count_limit_is_100() {
+    let config = format!(
+        "{}\n[[routes]]\nname = \"write\"\npath = \"/w/{{id}}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"\", routing_key = \"w\" }}\n",
+        base_config(&no_broker())
+    );
+    let gw = TestGateway::start_unready(&config).await;
+    let head = |n: usize| {
+        // `Host` is one of the n headers.
+        let extra: String = (1..n).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET /w/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n")
+    };
+    // 99 + Connection + Host = 101 headers with `head(100)`; `head(99)` sends 100.
+    let at_limit = exchange_raw(&gw, head(99).as_bytes()).await;
+    assert_eq!(statuses(&at_limit).first(), Some(&405), "{at_limit:?}");
+    let over = exchange_raw(&gw, head(100).as_bytes()).await;
+    assert_eq!(statuses(&over).first(), Some(&431), "{over:?}");
+}
+
 #[tokio::test]
 async fn slowloris_heads_are_cut_off_at_the_header_read_timeout() {
     let gw = gateway(&no_broker(), "x", false).await;
