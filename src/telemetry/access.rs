@@ -146,27 +146,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::test_support::Sink;
     use std::convert::Infallible;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
     use tower::{ServiceBuilder, ServiceExt};
-
-    /// Collects what the subscriber writes.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[tokio::test]
     async fn one_json_line_with_every_field_and_no_query() {
@@ -195,7 +177,7 @@ mod tests {
             .unwrap();
         svc.oneshot(request).await.unwrap();
 
-        let bytes = sink.0.lock().unwrap().clone();
+        let bytes = sink.bytes();
         let text = String::from_utf8(bytes).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
@@ -226,6 +208,6 @@ mod tests {
             .layer(AccessLogLayer::new())
             .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
         svc.oneshot(Request::new(())).await.unwrap();
-        assert!(sink.0.lock().unwrap().is_empty());
+        assert!(sink.bytes().is_empty());
     }
 }

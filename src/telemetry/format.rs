@@ -254,24 +254,7 @@ fn json_string(out: &mut Writer<'_>, value: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// Collects what the subscriber writes.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_support::Sink;
 
     fn access_line(json: bool) -> String {
         let sink = Sink::default();
@@ -306,7 +289,7 @@ mod tests {
                 .finish();
             tracing::subscriber::with_default(subscriber, emit);
         }
-        let bytes = sink.0.lock().unwrap().clone();
+        let bytes = sink.bytes();
         String::from_utf8(bytes).unwrap()
     }
 

@@ -77,3 +77,37 @@ pub fn init(format: LogFormat, filter: Option<&str>) -> LogGuard {
         _writer: installed.is_ok().then_some(guard),
     }
 }
+
+/// What the module's tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::io::{self, Write};
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    /// Collects what is written, for assertions.
+    #[derive(Clone, Default)]
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+    impl Sink {
+        /// Everything written so far.
+        pub(crate) fn bytes(&self) -> Vec<u8> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+}

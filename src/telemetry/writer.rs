@@ -180,21 +180,8 @@ impl<'a> MakeWriter<'a> for BatchWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::test_support::Sink;
     use std::time::Instant;
-
-    /// Collects what is written.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn lines_arrive_whole_in_order_and_within_the_window() {
@@ -215,7 +202,7 @@ mod tests {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let text = loop {
-            let text = String::from_utf8(lock(&sink.0).clone()).unwrap();
+            let text = String::from_utf8(sink.bytes()).unwrap();
             if text.lines().count() == 4000 || Instant::now() > deadline {
                 break text;
             }
@@ -238,9 +225,9 @@ mod tests {
         let (mut writer, guard) = BatchWriter::new(sink.clone());
         writer.write_all(b"before\n").unwrap();
         drop(guard);
-        assert_eq!(lock(&sink.0).as_slice(), b"before\n");
+        assert_eq!(sink.bytes(), b"before\n");
         writer.write_all(b"after\n").unwrap();
-        assert_eq!(lock(&sink.0).as_slice(), b"before\nafter\n");
+        assert_eq!(sink.bytes(), b"before\nafter\n");
     }
 
     /// Records which thread wrote.
