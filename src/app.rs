@@ -22,7 +22,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::auth::RequireAuthLayer;
 use crate::config::{Route, RouteAction};
 use crate::error::GatewayError;
-use crate::metrics::RequestMetricsLayer;
+use crate::metrics::{RequestMetricsLayer, method_label};
 use crate::routes::publish::{self, WriteRoute};
 use crate::routes::read::{self, ReadRoute};
 use crate::state::AppState;
@@ -62,7 +62,8 @@ pub fn app(state: AppState) -> Router {
         let cors = routes.first().and_then(|r| r.cors.as_ref());
         let mut served: Vec<Method> = Vec::new();
         for route in &routes {
-            allow.extend(route.methods.iter().map(static_method));
+            // Config validation admits only the standard methods: never `OTHER`.
+            allow.extend(route.methods.iter().map(method_label));
             served.extend(route.methods.iter().cloned());
             // Validation guarantees distinct methods per path, so merging cannot overlap.
             methods = methods.merge(route_service(route, &state));
@@ -151,18 +152,6 @@ fn route_service(route: &Route, state: &AppState) -> MethodRouter<AppState> {
                 },
             )
         }
-    }
-}
-
-fn static_method(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        _ => "OPTIONS",
     }
 }
 

@@ -39,6 +39,17 @@ const MAX_ENCODED_VARIANTS_PER_ENTRY: u64 = 8;
 /// `X-Cache`, stamped on every response served from the cache.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
+/// The stored fields a 304 repeats (RFC 9110 §15.4.5), in the order they are sent; `Age`,
+/// `X-Cache`, `ETag` and `Vary: accept-encoding` follow.
+pub(crate) const NOT_MODIFIED_FIELDS: [HeaderName; 6] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+];
+
 /// Ages below this are served from a table of prebuilt values ([`age_value`]): a hit then
 /// clones a static header value instead of formatting and allocating one.
 const AGE_TABLE_LEN: u64 = 1024;
@@ -86,14 +97,7 @@ fn served_block(headers: &HeaderMap, vary_accept_encoding: bool) -> HeaderMap {
 /// `Vary: accept-encoding`.
 fn not_modified_block(headers: &HeaderMap, vary_accept_encoding: bool) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(10);
-    for name in [
-        header::CACHE_CONTROL,
-        header::CONTENT_LOCATION,
-        header::DATE,
-        header::EXPIRES,
-        header::VARY,
-        header::LAST_MODIFIED,
-    ] {
+    for name in NOT_MODIFIED_FIELDS {
         for v in headers.get_all(&name) {
             out.append(name.clone(), v.clone());
         }

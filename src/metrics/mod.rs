@@ -42,8 +42,9 @@ struct RouteMethod {
     method: &'static str,
 }
 
-/// The method as a label value; extension methods collapse into `OTHER`.
-fn method_label(method: &Method) -> &'static str {
+/// The method as a static string (a label value, an `Allow` entry); extension methods collapse
+/// into `OTHER`.
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",

@@ -572,14 +572,7 @@ impl Call<'_> {
         // Sized for the usual fields, so that building the map never grows it.
         let out = response.headers_mut();
         out.reserve(10);
-        for name in [
-            header::CACHE_CONTROL,
-            header::CONTENT_LOCATION,
-            header::DATE,
-            header::EXPIRES,
-            header::VARY,
-            header::LAST_MODIFIED,
-        ] {
+        for name in cache::NOT_MODIFIED_FIELDS {
             for v in headers.get_all(&name) {
                 out.append(name.clone(), v.clone());
             }
