@@ -25,6 +25,7 @@ use crate::auth::Identity;
 use crate::config::{PARAM_HEADER_PREFIX, PublishTarget};
 use crate::error::GatewayError;
 use crate::state::AppState;
+use crate::telemetry::REQUEST_ID;
 
 /// Namespace for `Idempotency-Key` → event id (UUIDv5), fixed forever: changing it would
 /// change the ids of retried requests across an upgrade.
@@ -38,7 +39,6 @@ const MAX_TRACE_ID: usize = 255;
 /// Request headers read on every write, as pre-parsed names (a `&str` name is parsed and
 /// hashed anew on every lookup).
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Characters kept as-is when a path parameter is put back into a `Location` path segment.
@@ -89,7 +89,7 @@ pub async fn handle(
     let routing_key = render_routing_key(target, &params)?;
 
     let event_id = event_id(headers, &route.name)?;
-    let correlation_id = optional_trace_header(headers, &X_REQUEST_ID)?;
+    let correlation_id = optional_trace_header(headers, &REQUEST_ID)?;
     let traceparent = optional_trace_header(headers, &TRACEPARENT)?;
 
     let param_headers: Vec<(String, &str)> = params
