@@ -102,6 +102,9 @@ pub enum GatewayError {
         /// The route's scopes, space-separated, for the `scope` parameter (RFC 6750 §3).
         scope: Option<std::sync::Arc<str>>,
     },
+    /// The request names a host other than `server.public_host`.
+    #[error("this gateway does not serve the requested host")]
+    MisdirectedRequest,
     /// A bug on our side (never the client's or the broker's fault).
     #[error("internal error")]
     Internal,
@@ -126,6 +129,7 @@ impl GatewayError {
             | Self::Nacked { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::OutcomeUnknown | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -151,6 +155,7 @@ impl GatewayError {
             Self::OutcomeUnknown => "publish-outcome-unknown",
             Self::BadGateway => "bad-gateway",
             Self::UpstreamTimeout => "upstream-timeout",
+            Self::MisdirectedRequest => "misdirected-request",
             Self::Internal => "internal",
         }
     }

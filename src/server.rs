@@ -70,16 +70,9 @@ pub async fn run(
     let state = AppState {
         auth,
         upstreams: Arc::new(Upstreams::new(&config.upstreams)),
-        cache: caches.then(|| {
-            // Only paths a cached route matches can hold entries (writes elsewhere skip the
-            // invalidation).
-            let cached_paths = config.routes.iter().filter_map(|r| match &r.action {
-                RouteAction::Proxy(p) if p.cache.is_some() => Some(r.path.as_str()),
-                _ => None,
-            });
-            Arc::new(Cache::new(&config.cache).for_paths(cached_paths))
-        }),
+        cache: caches.then(|| Arc::new(Cache::new(&config.cache))),
         trusted_proxies: config.server.trusted_proxies.clone().into(),
+        public_host: config.server.public_host.clone(),
         metrics: Arc::new(Metrics::new()),
         routes: config.routes.into(),
         channels: channels.clone(),

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use crate::amqp::ChannelSet;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
-use crate::config::Route;
+use crate::config::{PublicHost, Route};
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 
@@ -32,6 +32,9 @@ pub struct AppState {
     pub cache: Option<Arc<Cache>>,
     /// `server.trusted_proxies`.
     pub trusted_proxies: Arc<[IpNet]>,
+    /// `server.public_host`: the only host requests may name; sent upstream as
+    /// `X-Forwarded-Host`.
+    pub public_host: Option<PublicHost>,
     /// Token verification (present when `[auth]` is configured).
     pub auth: Option<Authenticator>,
     /// Prometheus metrics.

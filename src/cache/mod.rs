@@ -1,34 +1,45 @@
 //! The shared response cache for read routes (RFC 9111, opt-in per route).
 //!
-//! What is cached: complete upstream responses with a cacheable status and no `no-store`,
-//! `private`, `Set-Cookie` or `Vary: *` ([`policy::storable`]), bodies up to
-//! `cache.max_object_bytes`, within a `cache.max_bytes` budget (moka, weighed in bytes, LRU-ish
-//! TinyLFU eviction).
+//! This module owns every rule of the cache; the read path asks it questions and follows the
+//! answers:
 //!
-//! Keys: `route + path + query`, then the values of the request headers the upstream named in
-//! `Vary` (kept in a small index per base key). Responses to authenticated requests are stored
-//! under the subject's own key unless the upstream marked them shareable, so one user can
-//! never be served another's private body. Encoded variants (gzip/br/zstd) are stored next to
-//! their identity entry, keyed by the request's `Accept-Encoding`, so a hit never recompresses.
+//! - **Keys** ([`key`]): computed from the request as the gateway sends it upstream — route,
+//!   forwarded proto and host, upstream path and query, then the values of the headers the
+//!   origin named in `Vary` (byte-exact, `Accept-*` normalised). Requests carrying credentials
+//!   (`Authorization`, `Cookie`, identity headers) have an [`key::Identity`]: their private
+//!   entries are keyed by it, and shared entries serve them only when the origin allowed it.
+//! - **Storage and freshness** ([`policy`]): RFC 9111 §3–§4.2, including `Expires`, `Age`,
+//!   heuristic freshness, stale windows and field-level `no-cache`/`private`.
+//! - **Entries** ([`entry`]): the stored response with its prebuilt header blocks; encoded
+//!   variants (gzip/br/zstd) stored next to it, keyed by the client's `Accept-Encoding`, so a
+//!   hit never recompresses.
+//! - **Invalidation**: by request path, through a fixed table of generation counters (no
+//!   record that could be evicted, so an invalidated entry never comes back).
+//! - **Coalescing** ([`Cache::join`]): concurrent misses for one key make one upstream request.
 //!
-//! Concurrent misses for one key are coalesced ([`Cache::join`]): one leader goes upstream,
-//! the others wait for it and then read the cache.
+//! Memory: bodies up to `cache.max_object_bytes` within a `cache.max_bytes` budget (moka,
+//! weighed in bytes, TinyLFU eviction).
 
+pub mod entry;
 pub mod etag;
+pub(crate) mod key;
 pub mod policy;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
+use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, StatusCode, header};
 use moka::sync::Cache as Moka;
 use tokio::sync::watch;
+
+pub use entry::Entry;
+pub(crate) use entry::{Encoded, Freshness, Meta, Sharing};
+pub(crate) use key::Keys;
 
 use crate::config::CacheSettings;
 
@@ -36,257 +47,64 @@ use crate::config::CacheSettings;
 /// the fly (clients send few distinct values, attackers many).
 const MAX_ENCODED_VARIANTS_PER_ENTRY: u64 = 8;
 
-/// `X-Cache`, stamped on every response served from the cache.
+/// Invalidation counters: a path maps to one of these by a keyed hash. A collision only
+/// invalidates more than asked (never less); 64 Ki counters take 512 KiB.
+const GENERATION_BUCKETS: usize = 1 << 16;
+
+/// `X-Cache`, stamped on every response of a cached route.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-/// The stored fields a 304 repeats (RFC 9110 §15.4.5), in the order they are sent; `Age`,
-/// `X-Cache`, `ETag` and `Vary: accept-encoding` follow.
-pub(crate) const NOT_MODIFIED_FIELDS: [HeaderName; 6] = [
-    header::CACHE_CONTROL,
-    header::CONTENT_LOCATION,
-    header::DATE,
-    header::EXPIRES,
-    header::VARY,
-    header::LAST_MODIFIED,
-];
-
-/// Ages below this are served from a table of prebuilt values ([`age_value`]): a hit then
-/// clones a static header value instead of formatting and allocating one.
-const AGE_TABLE_LEN: u64 = 1024;
-
-/// The `Age` header value for `secs`.
-pub fn age_value(secs: u64) -> HeaderValue {
-    static TABLE: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
-    if secs >= AGE_TABLE_LEN {
-        return HeaderValue::from(secs);
-    }
-    let table = TABLE.get_or_init(|| {
-        (0..AGE_TABLE_LEN)
-            .map(|n| {
-                // Leaked once (~4 KB in all): `from_static` values clone without refcounting.
-                let digits: &'static str = Box::leak(n.to_string().into_boxed_str());
-                HeaderValue::from_static(digits)
-            })
-            .collect()
-    });
-    usize::try_from(secs)
-        .ok()
-        .and_then(|i| table.get(i))
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from(secs))
+/// How a response on a cached route was produced: the `X-Cache` value and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from a fresh entry.
+    Hit,
+    /// Fetched from the upstream (stored or not).
+    Miss,
+    /// A stale entry the upstream confirmed with a 304.
+    Revalidated,
+    /// A stale entry served without the upstream: `stale-while-revalidate` (refreshed in the
+    /// background) or `stale-if-error` (the upstream failed).
+    Stale,
 }
 
-/// `headers` as a hit serves them: with `Age` and `X-Cache: HIT` slots already in place, so
-/// that a hit clones one block and overwrites the `Age` value in place (no growth of the
-/// cloned map, no re-hashing of names), and optionally with `Vary: accept-encoding`.
-fn served_block(headers: &HeaderMap, vary_accept_encoding: bool) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len() + 3);
-    for (name, value) in headers {
-        out.append(name.clone(), value.clone());
+impl CacheStatus {
+    /// The `X-Cache` header value.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Hit => "HIT",
+            Self::Miss => "MISS",
+            Self::Revalidated => "REVALIDATED",
+            Self::Stale => "STALE",
+        })
     }
-    out.insert(header::AGE, HeaderValue::from_static("0"));
-    out.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    if vary_accept_encoding {
-        append_vary_accept_encoding(&mut out);
-    }
-    out
-}
 
-/// The fields of `headers` a 304 carries (RFC 9110 §15.4.5), in the order the read handler
-/// sends them, with `Age` and `X-Cache` slots, then `ETag` and, optionally,
-/// `Vary: accept-encoding`.
-fn not_modified_block(headers: &HeaderMap, vary_accept_encoding: bool) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(10);
-    for name in NOT_MODIFIED_FIELDS {
-        for v in headers.get_all(&name) {
-            out.append(name.clone(), v.clone());
+    /// The `outcome` label of `cache_lookups_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Revalidated => "revalidated",
+            Self::Stale => "stale",
         }
     }
-    out.insert(header::AGE, HeaderValue::from_static("0"));
-    out.insert(X_CACHE, HeaderValue::from_static("HIT"));
-    if let Some(tag) = headers.get(header::ETAG) {
-        out.insert(header::ETAG, tag.clone());
-    }
-    if vary_accept_encoding {
-        append_vary_accept_encoding(&mut out);
-    }
-    out
 }
 
-/// Appends `Vary: accept-encoding` unless a `Vary` value already names it or is `*`.
-pub fn append_vary_accept_encoding(headers: &mut HeaderMap) {
-    let present = headers
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("accept-encoding") || t.trim() == "*")
-        });
-    if !present {
-        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
+/// A request path's invalidation generation, captured when a fetch begins: an entry is usable
+/// only while its path's counter still has this value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation {
+    bucket: usize,
+    value: u64,
 }
 
-/// A stored response.
-#[derive(Debug)]
-pub struct Entry {
-    /// Unique per stored entry; ties encoded variants to this exact body.
-    pub id: u64,
-    /// Status.
-    pub status: StatusCode,
-    /// End-to-end response headers (with the ETag, generated if the upstream had none).
-    pub headers: HeaderMap,
-    /// The body as the upstream sent it (identity unless it was already encoded).
-    pub body: Bytes,
-    /// When it was stored or last revalidated.
-    pub stored_at: Instant,
-    /// Freshness lifetime from `stored_at`.
-    pub fresh_for: Duration,
-    /// `Age` the upstream reported when it was stored.
-    pub initial_age: Duration,
-    /// Encoded variants stored so far (bounded by [`MAX_ENCODED_VARIANTS_PER_ENTRY`]).
-    variants: AtomicU64,
-    /// `headers` + `Age` + `X-Cache` slots, built once: what a hit clones ([`Entry::served`]).
-    served: HeaderMap,
-    /// The same with `Vary: accept-encoding` (routes that compress, client without
-    /// `Accept-Encoding`).
-    served_vary: HeaderMap,
-    /// The 304 for this entry, without and with `Vary: accept-encoding`
-    /// ([`Entry::not_modified`]).
-    not_modified: [HeaderMap; 2],
-    /// The weak form of the ETag, for a 304 standing for an encoded 200.
-    weak_etag: Option<HeaderValue>,
-    /// The request path's invalidation generation when stored (see [`Cache::invalidate_path`]).
-    generation: AtomicU64,
-}
-
-impl Entry {
-    /// Builds an entry stored now.
-    pub fn new(
-        status: StatusCode,
-        mut headers: HeaderMap,
-        body: Bytes,
-        fresh_for: Duration,
-    ) -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let initial_age = headers
-            .remove(header::AGE)
-            .and_then(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()))
-            .map_or(Duration::ZERO, Duration::from_secs);
-        let served = served_block(&headers, false);
-        let served_vary = served_block(&headers, true);
-        let not_modified = [
-            not_modified_block(&headers, false),
-            not_modified_block(&headers, true),
-        ];
-        let weak_etag = headers.get(header::ETAG).map(etag::weaken);
-        Self {
-            served,
-            served_vary,
-            not_modified,
-            weak_etag,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            status,
-            headers,
-            body,
-            stored_at: Instant::now(),
-            fresh_for,
-            initial_age,
-            variants: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    /// Still fresh?
-    pub fn is_fresh(&self) -> bool {
-        self.stored_at.elapsed() < self.fresh_for
-    }
-
-    /// The `Age` to send, in whole seconds.
-    pub fn age_secs(&self) -> u64 {
-        (self.initial_age + self.stored_at.elapsed()).as_secs()
-    }
-
-    /// The response headers for serving this entry: `headers` plus `Age` (set to `age`),
-    /// `X-Cache` (set to `how`) and, with `vary_accept_encoding`, `Vary: accept-encoding`.
-    pub fn served(
-        &self,
-        age: HeaderValue,
-        how: &'static str,
-        vary_accept_encoding: bool,
-    ) -> HeaderMap {
-        let block = if vary_accept_encoding {
-            &self.served_vary
-        } else {
-            &self.served
-        };
-        stamp(block.clone(), age, how)
-    }
-
-    /// The headers of a 304 for this entry: `Age` and `X-Cache` set, `Vary: accept-encoding`
-    /// with `vary_accept_encoding`, the ETag weakened with `weak_etag` (the 200 it stands for
-    /// would be encoded).
-    pub fn not_modified(
-        &self,
-        age: HeaderValue,
-        how: &'static str,
-        vary_accept_encoding: bool,
-        weak_etag: bool,
-    ) -> HeaderMap {
-        let block = &self.not_modified[usize::from(vary_accept_encoding)];
-        let mut headers = stamp(block.clone(), age, how);
-        if weak_etag && let Some(weak) = &self.weak_etag {
-            headers.insert(header::ETAG, weak.clone());
-        }
-        headers
-    }
-
-    fn weight(&self) -> u32 {
-        // The stored headers are held five times (as stored, the two served blocks and,
-        // for the fields a 304 carries, the two 304 blocks): count them so.
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| 5 * (k.as_str().len() + v.len() + 32))
-            .sum();
-        u32::try_from(self.body.len() + headers + 256).unwrap_or(u32::MAX)
-    }
-}
-
-/// Overwrites the `Age` and `X-Cache` slots of a served block (in place: both names are
-/// present, so nothing grows).
-fn stamp(mut headers: HeaderMap, age: HeaderValue, how: &'static str) -> HeaderMap {
-    headers.insert(header::AGE, age);
-    if how != "HIT" {
-        headers.insert(X_CACHE, HeaderValue::from_static(how));
-    }
-    headers
-}
-
-/// A stored encoded body for one entry and one `Accept-Encoding` value.
-#[derive(Debug)]
-pub struct Encoded {
-    /// The response headers after encoding (`Content-Encoding`, `Vary`), with `Age` and
-    /// `X-Cache` slots (see [`Encoded::served`]).
-    served: HeaderMap,
-    /// The encoded body.
-    pub body: Bytes,
-}
-
-impl Encoded {
-    /// An encoded variant with its response headers after encoding.
-    pub fn new(headers: &HeaderMap, body: Bytes) -> Self {
-        Self {
-            served: served_block(headers, false),
-            body,
-        }
-    }
-
-    /// The response headers for serving this variant, `Age` and `X-Cache` set.
-    pub fn served(&self, age: HeaderValue, how: &'static str) -> HeaderMap {
-        stamp(self.served.clone(), age, how)
-    }
+/// A stored entry found for a request, with the partition it was found in.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    /// The entry.
+    pub(crate) entry: Arc<Entry>,
+    /// Found in the caller's private partition (else the shared one).
+    pub(crate) private: bool,
 }
 
 #[derive(Clone)]
@@ -295,22 +113,18 @@ enum Value {
     Encoded(Arc<Encoded>),
 }
 
+type Inflight = Arc<Mutex<HashMap<Vec<u8>, watch::Receiver<()>>>>;
+
 /// The cache. Cheap to share behind an `Arc`.
 pub struct Cache {
-    store: Moka<String, Value>,
-    /// Base key → the request header names its stored variants vary on.
-    vary: Moka<String, Arc<[HeaderName]>>,
-    inflight: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
-    /// Request path → generation, bumped by an accepted write to that path.
-    generations: Moka<String, u64>,
-    /// Set by the first [`Cache::invalidate_path`] that records a generation: until then
-    /// every path's generation is 0 and lookups skip `generations`.
-    invalidated: AtomicBool,
-    next_generation: AtomicU64,
+    store: Moka<Vec<u8>, Value>,
+    /// Base key → the request header names its stored variants vary on. Losing a record only
+    /// makes the variants unreachable (a miss), never wrong.
+    vary: Moka<Vec<u8>, Arc<[HeaderName]>>,
+    inflight: Inflight,
+    generations: Box<[AtomicU64]>,
+    hasher: RandomState,
     max_object_bytes: usize,
-    /// The cached routes' path patterns, when known: a request path none of them matches can
-    /// have no entries, so a write to it has nothing to invalidate.
-    paths: Option<matchit::Router<()>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -323,7 +137,7 @@ impl std::fmt::Debug for Cache {
 }
 
 /// The result of joining a flight for a key.
-pub enum Flight {
+pub(crate) enum Flight {
     /// Nobody was fetching: go upstream; waiters are released when the guard drops.
     Leader(LeaderGuard),
     /// Someone was fetching and has finished (or the wait timed out): look again.
@@ -331,9 +145,9 @@ pub enum Flight {
 }
 
 /// Held by the request fetching a key; dropping it (also on cancellation) releases waiters.
-pub struct LeaderGuard {
-    key: String,
-    inflight: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+pub(crate) struct LeaderGuard {
+    key: Vec<u8>,
+    inflight: Inflight,
     _done: watch::Sender<()>,
 }
 
@@ -350,14 +164,14 @@ impl Drop for LeaderGuard {
 
 /// Runs `f` with the key `build` writes, built in a per-thread buffer: a lookup allocates
 /// nothing.
-fn with_key<R>(build: impl Fn(&mut String), f: impl FnOnce(&str) -> R) -> R {
+fn with_key<R>(build: impl Fn(&mut Vec<u8>), f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
-        static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
     KEY.with(|key| {
         let Ok(mut key) = key.try_borrow_mut() else {
             // Only re-entrancy could get here (it does not happen); stay correct anyway.
-            let mut own = String::new();
+            let mut own = Vec::new();
             build(&mut own);
             return f(&own);
         };
@@ -367,26 +181,17 @@ fn with_key<R>(build: impl Fn(&mut String), f: impl FnOnce(&str) -> R) -> R {
     })
 }
 
-/// Runs `f` with the store key of `entry`'s variant for `accept_encoding`.
-fn with_encoded_key<R>(entry: &Entry, accept_encoding: &[u8], f: impl FnOnce(&str) -> R) -> R {
-    with_key(
-        |key| {
-            let _ = write!(
-                key,
-                "z\0{}\0{}",
-                entry.id,
-                String::from_utf8_lossy(accept_encoding)
-            );
-        },
-        f,
-    )
+/// The store key of `base`'s variant for `upstream` when it varies on `names`.
+fn push_entry_key(key: &mut Vec<u8>, base: &[u8], names: &[HeaderName], upstream: &HeaderMap) {
+    key.extend_from_slice(base);
+    key::push_vary(key, names, upstream);
 }
 
-/// The key of an entry stored without varying request headers (`Cache::full_key` with no
-/// names): what [`Cache::lookup`] tries first.
-fn push_plain_key(key: &mut String, base: &str) {
-    key.push_str("e\0");
-    key.push_str(base);
+/// The store key of `entry`'s encoding for `accept_encoding` (byte-exact).
+fn push_encoded_key(key: &mut Vec<u8>, entry: &Entry, accept_encoding: &[u8]) {
+    key.push(b'z');
+    key.extend_from_slice(&entry.id.to_be_bytes());
+    key.extend_from_slice(accept_encoding);
 }
 
 impl Cache {
@@ -394,7 +199,7 @@ impl Cache {
     pub fn new(settings: &CacheSettings) -> Self {
         let store = Moka::builder()
             .max_capacity(settings.max_bytes)
-            .weigher(|key: &String, value: &Value| {
+            .weigher(|key: &Vec<u8>, value: &Value| {
                 let v = match value {
                     Value::Entry(e) => e.weight(),
                     Value::Encoded(e) => u32::try_from(e.body.len() + 512).unwrap_or(u32::MAX),
@@ -405,29 +210,11 @@ impl Cache {
         Self {
             store,
             vary: Moka::new(100_000),
-            inflight: Arc::new(Mutex::new(HashMap::new())),
-            generations: Moka::new(100_000),
-            invalidated: AtomicBool::new(false),
-            next_generation: AtomicU64::new(1),
+            inflight: Arc::default(),
+            generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
             max_object_bytes: settings.max_object_bytes,
-            paths: None,
         }
-    }
-
-    /// Tells the cache which route patterns (route syntax, e.g. `/users/{id}`) can store
-    /// entries, so that [`Cache::invalidate_path`] skips the paths none of them matches (a
-    /// `POST /users` next to a cached `GET /users/{id}`). Without it, every path is invalidated.
-    pub fn for_paths<'a>(mut self, patterns: impl IntoIterator<Item = &'a str>) -> Self {
-        let mut router = matchit::Router::new();
-        let unique: std::collections::BTreeSet<&str> = patterns.into_iter().collect();
-        for pattern in unique {
-            if router.insert(pattern, ()).is_err() {
-                // Cannot tell what matches: invalidate every path, as without this.
-                return self;
-            }
-        }
-        self.paths = Some(router);
-        self
     }
 
     /// Largest body that may be stored.
@@ -435,133 +222,169 @@ impl Cache {
         self.max_object_bytes
     }
 
-    fn full_key(base: &str, names: &[HeaderName], request: &HeaderMap) -> String {
-        let mut key = String::with_capacity(base.len() + 64);
-        key.push_str("e\0");
-        key.push_str(base);
-        for name in names {
-            key.push('\0');
-            key.push_str(name.as_str());
-            key.push('=');
-            // Several fields are combined as a list; whitespace around commas is not
-            // significant (RFC 9111 §4.1 normalisation).
-            let values: Vec<String> = request
-                .get_all(name)
-                .iter()
-                .map(|v| {
-                    String::from_utf8_lossy(v.as_bytes())
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .collect();
-            key.push_str(&values.join(","));
-        }
-        key
+    /// The current invalidation generation of request `path`; capture it before fetching, so
+    /// that a write landing while the fetch is under way invalidates what it brings back.
+    pub fn generation(&self, path: &str) -> Generation {
+        // The bucket count is a power of two: the mask keeps the low bits of the hash.
+        let bucket = (self.hasher.hash_one(path) as usize) & (GENERATION_BUCKETS - 1);
+        let value = self
+            .generations
+            .get(bucket)
+            .map_or(0, |g| g.load(Ordering::Acquire));
+        Generation { bucket, value }
     }
 
-    fn generation(&self, path: &str) -> u64 {
-        if !self.invalidated.load(Ordering::Acquire) {
-            return 0;
-        }
-        self.generations.get(path).unwrap_or(0)
+    fn is_current(&self, generation: Generation) -> bool {
+        self.generations
+            .get(generation.bucket)
+            .is_some_and(|g| g.load(Ordering::Acquire) == generation.value)
     }
 
-    /// Makes every stored response for request `path` (any route, query or variant) unusable:
-    /// RFC 9111 §4.4, called after an accepted write to that path. O(1): entries remember the
-    /// path's generation when stored, and a lookup ignores entries from older generations.
+    /// Makes every stored response for request `path` (any route, query, variant or
+    /// partition) unusable: RFC 9111 §4.4, after a successful unsafe request to that path.
     pub fn invalidate_path(&self, path: &str) {
-        if self.paths.as_ref().is_some_and(|r| r.at(path).is_err()) {
-            return;
+        let Generation { bucket, .. } = self.generation(path);
+        if let Some(g) = self.generations.get(bucket) {
+            g.fetch_add(1, Ordering::AcqRel);
         }
-        let next = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.generations.insert(path.to_owned(), next);
-        // After the insert: a lookup that sees the flag also sees the generation.
-        self.invalidated.store(true, Ordering::Release);
     }
 
-    /// The stored entry for `base` matching `request`'s varying headers, fresh or not, unless
-    /// request `path` was invalidated since it was stored.
-    pub fn lookup(&self, base: &str, path: &str, request: &HeaderMap) -> Option<Arc<Entry>> {
-        let usable = |value: Value| match value {
-            Value::Entry(e) if e.generation.load(Ordering::Relaxed) == self.generation(path) => {
-                Some(e)
+    /// The entry stored under `base` for this upstream request, if any and not invalidated.
+    fn get(&self, base: &[u8], upstream: &HeaderMap) -> Option<Arc<Entry>> {
+        // Most responses vary on nothing the request changes: their key is the base itself, so
+        // a hit costs one store lookup. An entry under the plain key is current: storing a
+        // varying response for `base` removes it.
+        let value = match self.store.get(base) {
+            Some(value) => value,
+            None => {
+                let names = self.vary.get(base)?;
+                if names.is_empty() {
+                    return None;
+                }
+                with_key(
+                    |k| push_entry_key(k, base, &names, upstream),
+                    |k| self.store.get(k),
+                )?
             }
-            _ => None,
         };
-        // Most responses vary on nothing but Accept-Encoding (handled apart): their key is
-        // known without the vary index, so a hit costs one store lookup. An entry under the
-        // plain key is current: storing a varying response for `base` removes it.
-        if let Some(value) = with_key(|k| push_plain_key(k, base), |k| self.store.get(k)) {
-            return usable(value);
+        match value {
+            Value::Entry(e) if self.is_current(e.meta.generation) => Some(e),
+            _ => None,
         }
-        let names = self.vary.get(base)?;
-        if names.is_empty() {
+    }
+
+    /// The entry this request may use, fresh or not: the caller's own (private) one first,
+    /// then the shared one — for a request with credentials only if the origin allowed
+    /// sharing it with authenticated requests (RFC 9111 §3.5).
+    pub(crate) fn lookup(&self, keys: &Keys, upstream: &HeaderMap) -> Option<Found> {
+        if let Some(private) = keys.private_base()
+            && let Some(entry) = self.get(private, upstream)
+        {
+            return Some(Found {
+                entry,
+                private: true,
+            });
+        }
+        let shared = keys.shared_base();
+        let entry = self.get(shared, upstream)?;
+        if keys.identity.is_some() && !entry.meta.sharing.with_credentials {
             return None;
         }
-        usable(self.store.get(&Self::full_key(base, &names, request))?)
+        Some(Found {
+            entry,
+            private: false,
+        })
     }
 
-    /// Stores `entry` under `base` (for request `path`), varying on `vary` (request header
-    /// names).
-    pub fn store(
+    /// Stores `entry` under `base`, varying on `vary` (request header names, valued from
+    /// `upstream`). Returns it, stored or not (too large).
+    pub(crate) fn store(
         &self,
-        base: &str,
-        path: &str,
+        base: &[u8],
         vary: Vec<HeaderName>,
-        request: &HeaderMap,
+        upstream: &HeaderMap,
         entry: Entry,
     ) -> Arc<Entry> {
-        entry
-            .generation
-            .store(self.generation(path), Ordering::Relaxed);
         let entry = Arc::new(entry);
-        if entry.body.len() > self.max_object_bytes {
+        if entry.body.len() > self.max_object_bytes || !self.is_current(entry.meta.generation) {
             return entry;
         }
         let names: Arc<[HeaderName]> = vary.into();
-        let key = Self::full_key(base, &names, request);
-        if !names.is_empty() {
-            // [`Cache::lookup`] tries the plain key first: an older response that varied on
+        if names.is_empty() {
+            self.store
+                .insert(base.to_vec(), Value::Entry(entry.clone()));
+        } else {
+            // [`Cache::get`] tries the plain key first: an older response that varied on
             // nothing must not answer for this one.
-            with_key(|k| push_plain_key(k, base), |k| self.store.invalidate(k));
+            self.store.invalidate(base);
+            let key = with_key(
+                |k| push_entry_key(k, base, &names, upstream),
+                <[u8]>::to_vec,
+            );
+            self.store.insert(key, Value::Entry(entry.clone()));
         }
-        self.vary.insert(base.to_owned(), names);
-        self.store.insert(key, Value::Entry(entry.clone()));
+        self.vary.insert(base.to_vec(), names);
         entry
     }
 
-    /// Removes every variant reachable from `base` for this request shape (used when an
-    /// upstream revalidation says the entry is gone).
-    pub fn remove(&self, base: &str, request: &HeaderMap) {
-        with_key(|k| push_plain_key(k, base), |k| self.store.invalidate(k));
-        if let Some(names) = self.vary.get(base) {
-            self.store
-                .invalidate(&Self::full_key(base, &names, request));
+    /// Removes the entry `base` holds for this request shape (the upstream said it is gone, or
+    /// no longer storable there).
+    pub(crate) fn remove(&self, base: &[u8], upstream: &HeaderMap) {
+        self.store.invalidate(base);
+        if let Some(names) = self.vary.get(base)
+            && !names.is_empty()
+        {
+            with_key(
+                |k| push_entry_key(k, base, &names, upstream),
+                |k| self.store.invalidate(k),
+            );
         }
     }
 
     /// The stored encoding of `entry` for this `Accept-Encoding`, if any.
-    pub fn encoded(&self, entry: &Entry, accept_encoding: &[u8]) -> Option<Arc<Encoded>> {
-        match with_encoded_key(entry, accept_encoding, |key| self.store.get(key))? {
+    pub(crate) fn encoded(&self, entry: &Entry, accept_encoding: &[u8]) -> Option<Arc<Encoded>> {
+        let value = with_key(
+            |k| push_encoded_key(k, entry, accept_encoding),
+            |k| self.store.get(k),
+        )?;
+        match value {
             Value::Encoded(e) => Some(e),
             Value::Entry(_) => None,
         }
     }
 
     /// Stores an encoding of `entry`, unless the entry has too many already.
-    pub fn put_encoded(&self, entry: &Entry, accept_encoding: &[u8], encoded: Arc<Encoded>) {
+    pub(crate) fn put_encoded(&self, entry: &Entry, accept_encoding: &[u8], encoded: Arc<Encoded>) {
         if entry.variants.fetch_add(1, Ordering::Relaxed) < MAX_ENCODED_VARIANTS_PER_ENTRY {
-            let key = with_encoded_key(entry, accept_encoding, str::to_owned);
+            let key = with_key(
+                |k| push_encoded_key(k, entry, accept_encoding),
+                <[u8]>::to_vec,
+            );
             self.store.insert(key, Value::Encoded(encoded));
         }
     }
 
+    /// Leads the flight for `key` if nobody does (a background refresh that must run once).
+    pub(crate) fn try_lead(&self, key: &[u8]) -> Option<LeaderGuard> {
+        let mut map = match self.inflight.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.contains_key(key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(());
+        map.insert(key.to_vec(), rx);
+        Some(LeaderGuard {
+            key: key.to_vec(),
+            inflight: self.inflight.clone(),
+            _done: tx,
+        })
+    }
+
     /// Joins the flight for `key`: the first caller leads, later ones wait (at most `max_wait`)
     /// for the leader to finish.
-    pub async fn join(&self, key: &str, max_wait: Duration) -> Flight {
+    pub(crate) async fn join(&self, key: &[u8], max_wait: Duration) -> Flight {
         let mut rx = {
             let mut map = match self.inflight.lock() {
                 Ok(m) => m,
@@ -571,9 +394,9 @@ impl Cache {
                 Some(rx) => rx.clone(),
                 None => {
                     let (tx, rx) = watch::channel(());
-                    map.insert(key.to_owned(), rx);
+                    map.insert(key.to_vec(), rx);
                     return Flight::Leader(LeaderGuard {
-                        key: key.to_owned(),
+                        key: key.to_vec(),
                         inflight: self.inflight.clone(),
                         _done: tx,
                     });
@@ -586,28 +409,12 @@ impl Cache {
     }
 }
 
-/// The request header names in a response's `Vary`, lower-cased, deduplicated, sorted;
-/// `Accept-Encoding` is dropped when `except_accept_encoding` (the gateway encodes itself).
-pub fn vary_names(response: &HeaderMap, except_accept_encoding: bool) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = response
-        .get_all(header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| HeaderName::from_bytes(s.as_bytes()).ok())
-        .filter(|n| !(except_accept_encoding && *n == header::ACCEPT_ENCODING))
-        .collect();
-    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    names.dedup();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::cache::policy::Storable;
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
 
     fn settings() -> CacheSettings {
         CacheSettings {
@@ -624,123 +431,162 @@ mod tests {
         h
     }
 
-    fn entry(body: &'static [u8]) -> Entry {
+    fn policy() -> Storable {
+        Storable {
+            scope: policy::Scope::Shared,
+            lifetime: Duration::from_secs(60),
+            corrected_initial_age: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            immutable: false,
+            drop_fields: Vec::new(),
+        }
+    }
+
+    fn entry(c: &Cache, path: &str, body: &'static [u8]) -> Entry {
         Entry::new(
             StatusCode::OK,
             HeaderMap::new(),
             Bytes::from_static(body),
-            Duration::from_secs(60),
+            Meta {
+                policy: policy(),
+                response_time: std::time::SystemTime::now(),
+                sharing: Sharing {
+                    with_credentials: false,
+                    owner: None,
+                },
+                generation: c.generation(path),
+                encodable: false,
+                generated_etag: false,
+            },
         )
+    }
+
+    fn keys(path: &str, upstream: &HeaderMap) -> Keys {
+        Keys::new("r", path, upstream)
     }
 
     #[test]
     fn vary_keys_separate_variants_and_normalise_lists() {
         let c = Cache::new(&settings());
         let names = vec![HeaderName::from_static("accept-language")];
-        c.store(
-            "b",
-            "/p",
-            names.clone(),
-            &req(&[("accept-language", "en, fr")]),
-            entry(b"en"),
-        );
-        c.store(
-            "b",
-            "/p",
-            names,
-            &req(&[("accept-language", "de")]),
-            entry(b"de"),
-        );
+        let en = req(&[("accept-language", "en, fr")]);
+        let base = keys("/p", &en).shared_base().to_vec();
+        c.store(&base, names.clone(), &en, entry(&c, "/p", b"en"));
+        let de = req(&[("accept-language", "de")]);
+        c.store(&base, names, &de, entry(&c, "/p", b"de"));
+        let body = |h: &HeaderMap| c.lookup(&keys("/p", h), h).map(|f| f.entry.body.clone());
+        assert_eq!(body(&req(&[("accept-language", "en,fr")])).unwrap(), "en");
         assert_eq!(
-            c.lookup("b", "/p", &req(&[("accept-language", "en,fr")]))
-                .unwrap()
-                .body,
+            body(&req(&[("accept-language", "  en ,, fr")])).unwrap(),
             "en"
         );
-        assert_eq!(
-            c.lookup("b", "/p", &req(&[("accept-language", "  en ,, fr")]))
-                .unwrap()
-                .body,
-            "en"
-        );
-        assert_eq!(
-            c.lookup("b", "/p", &req(&[("accept-language", "de")]))
-                .unwrap()
-                .body,
-            "de"
-        );
-        assert!(c.lookup("b", "/p", &req(&[])).is_none());
-        assert!(c.lookup("other", "/p", &req(&[])).is_none());
+        assert_eq!(body(&de).unwrap(), "de");
+        assert!(body(&req(&[])).is_none());
+        assert!(c.lookup(&Keys::new("other", "/p", &de), &de).is_none());
     }
 
     #[test]
     fn a_varying_response_replaces_a_plain_one() {
         let c = Cache::new(&settings());
-        c.store("b", "/p", vec![], &req(&[]), entry(b"plain"));
-        assert_eq!(c.lookup("b", "/p", &req(&[])).unwrap().body, "plain");
+        let none = req(&[]);
+        let base = keys("/p", &none).shared_base().to_vec();
+        c.store(&base, vec![], &none, entry(&c, "/p", b"plain"));
+        let body = |h: &HeaderMap| c.lookup(&keys("/p", h), h).map(|f| f.entry.body.clone());
+        assert_eq!(body(&none).unwrap(), "plain");
+        let de = req(&[("accept-language", "de")]);
         let names = vec![HeaderName::from_static("accept-language")];
-        c.store(
-            "b",
-            "/p",
-            names,
-            &req(&[("accept-language", "de")]),
-            entry(b"de"),
-        );
+        c.store(&base, names, &de, entry(&c, "/p", b"de"));
+        assert!(body(&req(&[("accept-language", "en")])).is_none());
+        assert_eq!(body(&de).unwrap(), "de");
+        c.store(&base, vec![], &none, entry(&c, "/p", b"plain2"));
+        assert_eq!(body(&de).unwrap(), "plain2");
+        c.remove(&base, &none);
+        assert!(body(&none).is_none());
+    }
+
+    #[test]
+    fn credentials_see_private_entries_and_only_shareable_shared_ones() {
+        let c = Cache::new(&settings());
+        let anon = req(&[]);
+        let alice = req(&[("x-auth-sub", "alice")]);
+        let bob = req(&[("x-auth-sub", "bob")]);
+        let shared = keys("/p", &anon).shared_base().to_vec();
+        c.store(&shared, vec![], &anon, entry(&c, "/p", b"anonymous"));
+        assert!(c.lookup(&keys("/p", &anon), &anon).is_some());
         assert!(
-            c.lookup("b", "/p", &req(&[("accept-language", "en")]))
-                .is_none()
+            c.lookup(&keys("/p", &alice), &alice).is_none(),
+            "a non-public entry never serves a request with credentials"
         );
+        let k = keys("/p", &alice);
+        let private = k.private_base().unwrap().to_vec();
+        c.store(&private, vec![], &alice, entry(&c, "/p", b"alice"));
+        assert_eq!(c.lookup(&k, &alice).unwrap().entry.body, "alice");
+        assert!(c.lookup(&keys("/p", &bob), &bob).is_none());
         assert_eq!(
-            c.lookup("b", "/p", &req(&[("accept-language", "de")]))
-                .unwrap()
-                .body,
-            "de"
+            c.lookup(&keys("/p", &anon), &anon).unwrap().entry.body,
+            "anonymous"
         );
-        c.store("b", "/p", vec![], &req(&[]), entry(b"plain2"));
-        assert_eq!(
-            c.lookup("b", "/p", &req(&[("accept-language", "de")]))
-                .unwrap()
-                .body,
-            "plain2"
-        );
-        c.remove("b", &req(&[]));
-        assert!(c.lookup("b", "/p", &req(&[])).is_none());
     }
 
     #[test]
     fn invalidating_a_path_hides_its_entries_only() {
         let c = Cache::new(&settings());
-        c.store("a", "/users/1", vec![], &req(&[]), entry(b"1"));
-        c.store("b", "/users/2", vec![], &req(&[]), entry(b"2"));
+        let none = req(&[]);
+        let (k1, k2) = (keys("/users/1", &none), keys("/users/2", &none));
+        c.store(k1.shared_base(), vec![], &none, entry(&c, "/users/1", b"1"));
+        c.store(k2.shared_base(), vec![], &none, entry(&c, "/users/2", b"2"));
         c.invalidate_path("/users/1");
-        assert!(c.lookup("a", "/users/1", &req(&[])).is_none());
-        assert!(c.lookup("b", "/users/2", &req(&[])).is_some());
-        c.store("a", "/users/1", vec![], &req(&[]), entry(b"1b"));
-        assert_eq!(c.lookup("a", "/users/1", &req(&[])).unwrap().body, "1b");
+        assert!(c.lookup(&k1, &none).is_none());
+        assert!(c.lookup(&k2, &none).is_some());
+        c.store(
+            k1.shared_base(),
+            vec![],
+            &none,
+            entry(&c, "/users/1", b"1b"),
+        );
+        assert_eq!(c.lookup(&k1, &none).unwrap().entry.body, "1b");
     }
 
     #[test]
-    fn writes_to_paths_no_cached_route_matches_invalidate_nothing() {
-        let c = Cache::new(&settings()).for_paths(["/users/{id}", "/users/{id}", "/c/{*rest}"]);
-        assert!(c.paths.is_some());
-        c.store("a", "/users/1", vec![], &req(&[]), entry(b"1"));
-        c.invalidate_path("/users");
-        c.generations.run_pending_tasks();
-        assert_eq!(c.generations.entry_count(), 0);
-        assert!(c.lookup("a", "/users/1", &req(&[])).is_some());
+    fn a_fetch_overtaken_by_an_invalidation_is_not_stored() {
+        let c = Cache::new(&settings());
+        let none = req(&[]);
+        let k = keys("/users/1", &none);
+        let started = entry(&c, "/users/1", b"before the write");
         c.invalidate_path("/users/1");
-        assert!(c.lookup("a", "/users/1", &req(&[])).is_none());
-        c.store("b", "/c/x/y", vec![], &req(&[]), entry(b"2"));
-        c.invalidate_path("/c/x/y");
-        assert!(c.lookup("b", "/c/x/y", &req(&[])).is_none());
+        c.store(k.shared_base(), vec![], &none, started);
+        assert!(c.lookup(&k, &none).is_none());
+    }
+
+    #[test]
+    fn invalidations_are_never_forgotten() {
+        // The old design kept invalidation records in a bounded map: enough later writes to
+        // other paths evicted the record and the invalidated entry came back.
+        let c = Cache::new(&settings());
+        let none = req(&[]);
+        let k = keys("/users/1", &none);
+        c.store(
+            k.shared_base(),
+            vec![],
+            &none,
+            entry(&c, "/users/1", b"old"),
+        );
+        c.invalidate_path("/users/1");
+        for i in 0..300_000 {
+            c.invalidate_path(&format!("/other/{i}"));
+        }
+        assert!(c.lookup(&k, &none).is_none());
     }
 
     #[test]
     fn oversized_bodies_are_not_stored() {
         let c = Cache::new(&settings());
         let big: &'static [u8] = Box::leak(vec![0u8; 2048].into_boxed_slice());
-        c.store("b", "/p", vec![], &req(&[]), entry(big));
-        assert!(c.lookup("b", "/p", &req(&[])).is_none());
+        let none = req(&[]);
+        let k = keys("/p", &none);
+        c.store(k.shared_base(), vec![], &none, entry(&c, "/p", big));
+        assert!(c.lookup(&k, &none).is_none());
     }
 
     #[test]
@@ -750,8 +596,10 @@ mod tests {
             max_object_bytes: 1024,
         });
         let body: &'static [u8] = Box::leak(vec![7u8; 1000].into_boxed_slice());
+        let none = req(&[]);
         for i in 0..1000 {
-            c.store(&format!("k{i}"), "/p", vec![], &req(&[]), entry(body));
+            let k = keys(&format!("/p/{i}"), &none);
+            c.store(k.shared_base(), vec![], &none, entry(&c, "/p", body));
         }
         c.store.run_pending_tasks();
         assert!(
@@ -761,27 +609,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn vary_names_are_normalised() {
-        let h = req(&[
-            ("vary", "Accept-Encoding, accept-language"),
-            ("vary", "Accept-Language,,X-Tenant"),
-        ]);
-        let names: Vec<String> = vary_names(&h, true).iter().map(|n| n.to_string()).collect();
-        assert_eq!(names, ["accept-language", "x-tenant"]);
-        assert_eq!(vary_names(&h, false).len(), 3);
-    }
-
     #[tokio::test]
     async fn concurrent_misses_have_one_leader() {
         let c = Arc::new(Cache::new(&settings()));
-        let Flight::Leader(guard) = c.join("k", Duration::from_secs(5)).await else {
+        let Flight::Leader(guard) = c.join(b"k", Duration::from_secs(5)).await else {
             panic!("first caller leads");
         };
+        assert!(
+            c.try_lead(b"k").is_none(),
+            "a background refresh never doubles a flight"
+        );
         let waiter = {
             let c = c.clone();
             tokio::spawn(async move {
-                matches!(c.join("k", Duration::from_secs(5)).await, Flight::Waited)
+                matches!(c.join(b"k", Duration::from_secs(5)).await, Flight::Waited)
             })
         };
         tokio::task::yield_now().await;
@@ -789,7 +630,7 @@ mod tests {
         drop(guard);
         assert!(waiter.await.unwrap());
         assert!(matches!(
-            c.join("k", Duration::from_secs(5)).await,
+            c.join(b"k", Duration::from_secs(5)).await,
             Flight::Leader(_)
         ));
     }

@@ -129,6 +129,13 @@ pub struct ServerConfig {
     /// Peers allowed to set `X-Forwarded-*`. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// The one host name clients reach the gateway by (`api.example.com`, optionally with a
+    /// port). When set, requests for any other host (`Host`, or a trusted proxy's
+    /// `X-Forwarded-Host`; port and case aside) are refused with 421, and upstreams get this
+    /// exact value as `X-Forwarded-Host`. Unset: the client's host is forwarded and is part
+    /// of every cache key.
+    #[serde(default)]
+    pub public_host: Option<PublicHost>,
     /// How long in-flight requests get to finish after SIGTERM/SIGINT. Default 30s.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -151,6 +158,56 @@ pub struct ServerConfig {
     /// Most request headers: 431 beyond it. Default 100.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+}
+
+/// `server.public_host`, parsed at load time: `host` or `host:port`, nothing else.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PublicHost {
+    /// The value upstreams get as `X-Forwarded-Host`, exactly as configured.
+    pub header: http::HeaderValue,
+    /// The host name alone, lower-cased, without port or trailing dot: what a request's host is
+    /// compared with.
+    pub name: String,
+}
+
+impl TryFrom<String> for PublicHost {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        let authority: http::uri::Authority = value
+            .parse()
+            .map_err(|_| format!("`{value}` is not a host name (with an optional port)"))?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(format!("`{value}` must be a host name, without user info"));
+        }
+        let header = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{value}` is not a valid header value"))?;
+        Ok(Self {
+            header,
+            name: host_name(authority.as_str().as_bytes()),
+        })
+    }
+}
+
+impl PublicHost {
+    /// Whether a request's `Host` (or trusted `X-Forwarded-Host`) value names this host:
+    /// case-insensitively, ignoring the port and a trailing dot.
+    pub fn matches(&self, host: &[u8]) -> bool {
+        host_name(host) == self.name
+    }
+}
+
+/// The host name of a `host[:port]` value, lower-cased, without a trailing dot (IPv6 literals
+/// keep their brackets).
+fn host_name(value: &[u8]) -> String {
+    let value = String::from_utf8_lossy(value.trim_ascii()).to_ascii_lowercase();
+    let host = if value.starts_with('[') {
+        value.split_inclusive(']').next().unwrap_or_default()
+    } else {
+        value.rsplit_once(':').map_or(value.as_str(), |(h, _)| h)
+    };
+    host.strip_suffix('.').unwrap_or(host).to_owned()
 }
 
 const fn default_header_read_timeout() -> Duration {

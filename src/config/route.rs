@@ -109,9 +109,22 @@ pub enum PolicyMatch {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Freshness when the upstream's `Cache-Control` gives none. Greater than zero.
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
+    /// Freshness for responses the origin gives no explicit lifetime (`max-age`, `s-maxage`,
+    /// `Expires`) and that are cacheable without one. Optional: without it the route caches
+    /// only what the origin marks cacheable. Greater than zero.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Heuristic freshness (RFC 9111 §4.2.2) for responses without an explicit lifetime: 10 %
+    /// of the time since `Last-Modified`, at most `heuristic_max`. Default false.
+    #[serde(default)]
+    pub heuristic: bool,
+    /// Cap of heuristic freshness. Default 24h; greater than zero.
+    #[serde(default = "default_heuristic_max", with = "humantime_serde")]
+    pub heuristic_max: Duration,
+}
+
+const fn default_heuristic_max() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 #[derive(Debug, Deserialize)]
@@ -390,8 +403,22 @@ impl RawRoute {
                         Ok(t)
                     })
                     .transpose()?;
-                if self.cache.as_ref().is_some_and(|c| c.ttl.is_zero()) {
+                if self
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.ttl.is_some_and(|t| t.is_zero()))
+                {
                     return Err(invalid(key("cache.ttl"), "must be greater than zero"));
+                }
+                if self
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| c.heuristic_max.is_zero())
+                {
+                    return Err(invalid(
+                        key("cache.heuristic_max"),
+                        "must be greater than zero",
+                    ));
                 }
                 RouteAction::Proxy(ProxyTarget {
                     upstream,

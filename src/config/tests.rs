@@ -773,3 +773,79 @@ fn the_compose_deployment_config_loads() {
     let config = Config::load(&path, env).unwrap_or_else(|e| panic!("{e}"));
     assert!(!config.routes.is_empty());
 }
+
+#[test]
+fn public_host_is_parsed_and_compared_by_name() {
+    let with = |v: &str| {
+        load(&BASE.replacen(
+            "admin_listen = \"127.0.0.1:9090\"",
+            &format!("admin_listen = \"127.0.0.1:9090\"\npublic_host = \"{v}\""),
+            1,
+        ))
+    };
+    let host = with("API.example.com:8443")
+        .unwrap()
+        .server
+        .public_host
+        .unwrap();
+    assert_eq!(host.header, "API.example.com:8443");
+    for same in [
+        &b"api.example.com"[..],
+        b"API.EXAMPLE.COM:80",
+        b"api.example.com.",
+        b" api.example.com ",
+    ] {
+        assert!(host.matches(same), "{}", String::from_utf8_lossy(same));
+    }
+    for other in [
+        &b"evil.example"[..],
+        b"api.example.com.evil",
+        b"",
+        b"\xffapi",
+    ] {
+        assert!(!host.matches(other), "{}", String::from_utf8_lossy(other));
+    }
+    let v6 = with("[::1]:8080").unwrap().server.public_host.unwrap();
+    assert!(v6.matches(b"[::1]") && !v6.matches(b"[::2]:8080"));
+    for bad in [
+        "user@api.example.com",
+        "https://api.example.com",
+        "api.example.com/x",
+        "",
+    ] {
+        assert_has(&with(bad).unwrap_err().to_string(), &["server.public_host"]);
+    }
+}
+
+#[test]
+fn cache_rules_are_optional_and_checked() {
+    let route = |cache: &str| {
+        format!(
+            "[upstreams.u]\ntargets = [\"http://127.0.0.1:9\"]\n\n[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\"]\nauth = \"public\"\nupstream = \"u\"\ncache = {cache}\n"
+        )
+    };
+    let config = load(&with_route(&route("{}"))).unwrap();
+    let RouteAction::Proxy(p) = &config.routes[1].action else {
+        panic!("a read route");
+    };
+    let cache = p.cache.as_ref().unwrap();
+    assert_eq!(cache.ttl, None);
+    assert!(!cache.heuristic);
+    assert_eq!(cache.heuristic_max, Duration::from_secs(86_400));
+    let config = load(&with_route(&route(
+        "{ ttl = \"5s\", heuristic = true, heuristic_max = \"1h\" }",
+    )))
+    .unwrap();
+    let RouteAction::Proxy(p) = &config.routes[1].action else {
+        panic!("a read route");
+    };
+    let cache = p.cache.as_ref().unwrap();
+    assert_eq!(cache.ttl, Some(Duration::from_secs(5)));
+    assert_eq!(cache.heuristic_max, Duration::from_secs(3600));
+    assert_has(&route_error(&route("{ ttl = \"0s\" }")), &["cache.ttl"]);
+    assert_has(
+        &route_error(&route("{ heuristic = true, heuristic_max = \"0s\" }")),
+        &["cache.heuristic_max"],
+    );
+    assert_has(&route_error(&route("{ tll = \"5s\" }")), &["tll"]);
+}

@@ -135,7 +135,7 @@ impl Metrics {
         let cache = Family::<RouteOutcome, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Cache results on cached read routes (hit, miss, revalidated)",
+            "Cache results on cached read routes (hit, miss, revalidated, stale)",
             cache.clone(),
         );
         let upstream = Family::<UpstreamOutcome, Counter>::default();

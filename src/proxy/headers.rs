@@ -38,8 +38,10 @@ const NEVER_FORWARDED: &[&str] = &[
 pub const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The scheme the client used, as the upstream sees it (part of the cache key).
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The host the client asked for, as the upstream sees it (part of the cache key).
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// What the forwarding rules need to know about the incoming connection and route.
 #[derive(Debug)]
@@ -50,10 +52,11 @@ pub struct ForwardContext<'a> {
     pub trusted_proxies: &'a [IpNet],
     /// Keep the client's `Authorization`.
     pub forward_authorization: bool,
-    /// Drop the client's conditional headers (the gateway is fetching a full copy to store).
-    pub strip_conditionals: bool,
-    /// Ask for an identity body (the gateway compresses itself).
-    pub identity_only: bool,
+    /// `server.public_host`: sent as `X-Forwarded-Host` whatever the client said (requests
+    /// for other hosts never get this far).
+    pub public_host: Option<&'a HeaderValue>,
+    /// The request target's authority, for HTTP/2 requests that carry no `Host`.
+    pub authority: Option<&'a http::uri::Authority>,
 }
 
 /// The names listed in `Connection` (hop-by-hop by declaration), usually none.
@@ -94,9 +97,7 @@ fn copy_without(
 
 /// Headers for the upstream request, from the client's.
 pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) -> HeaderMap {
-    let trusted = ctx
-        .peer
-        .is_some_and(|ip| ctx.trusted_proxies.iter().any(|net| net.contains(&ip)));
+    let trusted = is_trusted(ctx.peer, ctx.trusted_proxies);
     let mut out = copy_without(incoming, 4, |name| {
         let n = name.as_str();
         NEVER_FORWARDED.contains(&n)
@@ -106,14 +107,6 @@ pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) 
             || *name == header::CONTENT_LENGTH
             || *name == header::CONTENT_TYPE
             || *name == header::CONTENT_ENCODING
-            || (ctx.strip_conditionals
-                && (*name == header::IF_NONE_MATCH
-                    || *name == header::IF_MODIFIED_SINCE
-                    || *name == header::IF_MATCH
-                    || *name == header::IF_UNMODIFIED_SINCE
-                    || *name == header::IF_RANGE
-                    || *name == header::RANGE))
-            || (ctx.identity_only && *name == header::ACCEPT_ENCODING)
             || (!trusted
                 && (*name == X_FORWARDED_FOR
                     || *name == X_FORWARDED_PROTO
@@ -122,12 +115,6 @@ pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) 
             // X-Forwarded-Host).
             || *name == header::HOST
     });
-    if ctx.identity_only {
-        out.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-    }
     if let Some(peer) = ctx.peer {
         let chain = match out.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) if trusted => format!("{prior}, {peer}"),
@@ -140,12 +127,38 @@ pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) 
     if !out.contains_key(X_FORWARDED_PROTO) {
         out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !out.contains_key(X_FORWARDED_HOST)
-        && let Some(host) = incoming.get(header::HOST)
-    {
+    if let Some(host) = ctx.public_host {
         out.insert(X_FORWARDED_HOST, host.clone());
+    } else if !out.contains_key(X_FORWARDED_HOST) {
+        let host = incoming.get(header::HOST).cloned().or_else(|| {
+            ctx.authority
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        if let Some(host) = host {
+            out.insert(X_FORWARDED_HOST, host);
+        }
     }
     out
+}
+
+/// The host a request is for: a trusted proxy's `X-Forwarded-Host`, else `Host`, else the
+/// request target's authority (HTTP/2).
+pub(crate) fn request_host<'a>(
+    incoming: &'a HeaderMap,
+    authority: Option<&'a http::uri::Authority>,
+    peer_trusted: bool,
+) -> Option<&'a [u8]> {
+    peer_trusted
+        .then(|| incoming.get(X_FORWARDED_HOST))
+        .flatten()
+        .or_else(|| incoming.get(header::HOST))
+        .map(HeaderValue::as_bytes)
+        .or_else(|| authority.map(|a| a.as_str().as_bytes()))
+}
+
+/// Whether `peer` may set `X-Forwarded-*`.
+pub(crate) fn is_trusted(peer: Option<IpAddr>, trusted_proxies: &[IpNet]) -> bool {
+    peer.is_some_and(|ip| trusted_proxies.iter().any(|net| net.contains(&ip)))
 }
 
 /// Headers for the client, from the upstream response's.
@@ -163,8 +176,8 @@ mod tests {
             peer: Some(peer.parse().unwrap()),
             trusted_proxies: Box::leak(trusted.to_vec().into_boxed_slice()),
             forward_authorization: false,
-            strip_conditionals: false,
-            identity_only: false,
+            public_host: None,
+            authority: None,
         }
     }
 
@@ -192,6 +205,39 @@ mod tests {
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out["x-forwarded-host"], "api.example.com");
         assert!(!out.contains_key("host"));
+    }
+
+    #[test]
+    fn a_public_host_replaces_the_clients_and_h2_authority_is_used_without_host() {
+        let h = map(&[
+            ("host", "evil.example"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        let public = HeaderValue::from_static("api.example.com");
+        let mut c = ctx("127.0.0.1", &["127.0.0.1/32".parse().unwrap()]);
+        c.public_host = Some(&public);
+        assert_eq!(
+            upstream_request_headers(&h, &c)["x-forwarded-host"],
+            "api.example.com"
+        );
+        let authority: http::uri::Authority = "h2.example".parse().unwrap();
+        let mut c = ctx("10.0.0.1", &[]);
+        c.authority = Some(&authority);
+        assert_eq!(
+            upstream_request_headers(&HeaderMap::new(), &c)["x-forwarded-host"],
+            "h2.example"
+        );
+        assert_eq!(
+            request_host(&h, None, false),
+            Some(&b"evil.example"[..]),
+            "Host when the peer is not trusted"
+        );
+        let forwarded = map(&[("host", "gw"), ("x-forwarded-host", "api.example.com")]);
+        assert_eq!(
+            request_host(&forwarded, None, true),
+            Some(&b"api.example.com"[..])
+        );
+        assert_eq!(request_host(&forwarded, None, false), Some(&b"gw"[..]));
     }
 
     #[test]

@@ -111,6 +111,27 @@ pub(crate) fn picks_identity(accept_encoding: &HeaderValue) -> bool {
         })
 }
 
+/// Whether this `Accept-Encoding` lets the gateway pick a coding it has (gzip, br, zstd, or
+/// `*`) with a non-zero weight; tower-http's negotiation then encodes a compressible body.
+pub(crate) fn accepts_coding(accept_encoding: &HeaderValue) -> bool {
+    accept_encoding
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|member| {
+            let mut parts = member.split(|b| *b == b';').map(<[u8]>::trim_ascii);
+            let coding = parts.next().unwrap_or_default();
+            let known = [&b"gzip"[..], b"x-gzip", b"br", b"zstd", b"*"]
+                .iter()
+                .any(|c| coding.eq_ignore_ascii_case(c));
+            let refused = parts.any(|p| {
+                p.len() > 2
+                    && p[..2].eq_ignore_ascii_case(b"q=")
+                    && p[2..].iter().all(|b| *b == b'0' || *b == b'.')
+            });
+            known && !refused
+        })
+}
+
 /// `body` gzipped (RFC 1952), or `None` if the encoder failed.
 pub(crate) fn gzip(body: &[u8]) -> Option<Bytes> {
     GZIP.with(|slot| {

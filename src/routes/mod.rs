@@ -4,3 +4,29 @@
 mod encode;
 pub mod publish;
 pub mod read;
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use http::request::Parts;
+
+use crate::error::GatewayError;
+use crate::proxy::{is_trusted, request_host};
+use crate::state::AppState;
+
+/// Refuses a request for a host other than `server.public_host` (421): an upstream that builds
+/// absolute links from `X-Forwarded-Host` must never see a client-chosen host.
+fn check_host(state: &AppState, parts: &Parts) -> Result<(), GatewayError> {
+    let Some(public) = &state.public_host else {
+        return Ok(());
+    };
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let trusted = is_trusted(peer, &state.trusted_proxies);
+    match request_host(&parts.headers, parts.uri.authority(), trusted) {
+        Some(host) if public.matches(host) => Ok(()),
+        _ => Err(GatewayError::MisdirectedRequest),
+    }
+}

@@ -76,6 +76,7 @@ pub async fn handle(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let (mut parts, body) = request.into_parts();
+    super::check_host(&state, &parts)?;
     let identity = parts.extensions.remove::<Identity>();
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await
@@ -141,12 +142,6 @@ pub async fn handle(
         published.is_ok().then(|| started.elapsed()),
     );
     published.map_err(|e| publish_error(e, &state, &route.name, event_id_text))?;
-    if let Some(cache) = &state.cache {
-        // RFC 9111 §4.4: an accepted unsafe request invalidates what this instance stored for
-        // the same path. Other instances' copies age out within their freshness lifetime.
-        cache.invalidate_path(parts.uri.path());
-    }
-
     let location = target
         .location
         .as_ref()
@@ -163,6 +158,18 @@ pub async fn handle(
             })
         })
         .transpose()?;
+    if let Some(cache) = &state.cache {
+        // RFC 9111 §4.4: an accepted unsafe request invalidates what this instance stored for
+        // its target URI, and for a same-origin `Location` (a path: absolute URLs may name
+        // another host). Other instances' copies age out within their freshness lifetime.
+        cache.invalidate_path(parts.uri.path());
+        if let Some(path) = location
+            .as_deref()
+            .filter(|l| l.starts_with('/') && !l.starts_with("//"))
+        {
+            cache.invalidate_path(path.split(['?', '#']).next().unwrap_or(path));
+        }
+    }
     let status = StatusCode::from_u16(target.status).unwrap_or(StatusCode::ACCEPTED);
     let mut response = Response::new(Body::from(accepted_body(event_id_text)));
     *response.status_mut() = status;

@@ -1,0 +1,480 @@
+//! The read handler: GET/HEAD proxied to an upstream, through the shared cache on routes that
+//! have one. One pipeline, one owner per step:
+//!
+//! 1. request checks and 2. the upstream request, headers built once ([`outbound`]);
+//! 3. cache lookup — keys, `Vary`, credentials ([`crate::cache`]);
+//! 4. fetch / revalidate / coalesce ([`fetch`], sequenced here);
+//! 5. store ([`crate::cache`] decides, [`Cached::keep`] applies);
+//! 6. encode and 7. respond — conditionals, ranges, compression ([`respond`]).
+//!
+//! See `docs/architecture.md` for the flow chart.
+
+mod fetch;
+mod outbound;
+mod respond;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use http::header;
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::cache::policy::{self, Rules, Scope, Timing};
+use crate::cache::{
+    Cache, CacheStatus, Entry, Flight, Found, Freshness, Generation, Keys, Meta, Sharing, etag, key,
+};
+use crate::config::{CacheConfig, ProxyTarget};
+use crate::error::GatewayError;
+use crate::proxy::{Upstream, response_headers};
+use crate::state::AppState;
+use fetch::{Buffered, Fetched, fetch};
+use outbound::Outbound;
+use respond::Responder;
+
+/// Largest body given a generated ETag on routes without a cache.
+const DEFAULT_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// A read route as the handler needs it.
+#[derive(Debug)]
+pub struct ReadRoute {
+    /// Route name (cache keys, logs).
+    pub name: Arc<str>,
+    /// Where and how to forward.
+    pub target: ProxyTarget,
+    /// The upstream, resolved at start-up.
+    pub upstream: Arc<Upstream>,
+    /// The name of the route's trailing `{*name}` parameter, if any.
+    pub catch_all: Option<String>,
+}
+
+/// Handles one read request.
+pub async fn handle(
+    state: AppState,
+    route: Arc<ReadRoute>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    // A body on GET/HEAD is never forwarded (it would be an unkeyed cache input).
+    let (mut parts, _body) = request.into_parts();
+    super::check_host(&state, &parts)?;
+    let mut outbound = Outbound::new(&state, &route, &mut parts).await?;
+    let responder = Responder::new(route.target.compress, &parts);
+    let (Some(config), Some(cache)) = (&route.target.cache, &state.cache) else {
+        return forward(&state, &route, outbound, &responder, None).await;
+    };
+    outbound.for_cache();
+    let cached = Cached {
+        keys: Keys::new(
+            &route.name,
+            outbound.path_and_query.as_str(),
+            &outbound.headers,
+        ),
+        generation: cache.generation(parts.uri.path()),
+        rules: rules(config),
+        cache: cache.clone(),
+        state: state.clone(),
+        route: route.clone(),
+        outbound,
+    };
+    let (status, answer) = cached.answer(&responder).await?;
+    let response = match answer {
+        Answer::PassThrough(mut outbound) => {
+            outbound.pass_through(&parts);
+            return forward(&state, &route, *outbound, &responder, Some(status)).await;
+        }
+        Answer::Stored(entry) => responder.entry(cache, &entry, status).await,
+        Answer::Upstream(code, headers, body) => {
+            responder.upstream(code, headers, body, Some(status)).await
+        }
+    };
+    state.metrics.cache(&route.name, status.label());
+    Ok(response)
+}
+
+/// The route's freshness fallbacks.
+fn rules(config: &CacheConfig) -> Rules {
+    Rules {
+        default_ttl: config.ttl,
+        heuristic_max: config.heuristic.then_some(config.heuristic_max),
+    }
+}
+
+/// No cache (or a request the cache passes through): forward as received, add a generated
+/// ETag when possible, then answer.
+async fn forward(
+    state: &AppState,
+    route: &ReadRoute,
+    outbound: Outbound,
+    responder: &Responder<'_>,
+    status: Option<CacheStatus>,
+) -> Result<Response, GatewayError> {
+    let limit = state
+        .cache
+        .as_ref()
+        .map_or(DEFAULT_BUFFER_BYTES, |c| c.max_object_bytes());
+    let fetched = fetch(state, &route.upstream, &outbound, None, limit).await?;
+    let mut headers = response_headers(&fetched.parts.headers);
+    if let Buffered::Complete(bytes) = &fetched.body {
+        maybe_generate_etag(
+            route,
+            &outbound.method,
+            fetched.parts.status,
+            &mut headers,
+            bytes,
+        );
+    }
+    if let Some(status) = status {
+        state.metrics.cache(&route.name, status.label());
+    }
+    Ok(responder
+        .upstream(
+            fetched.parts.status,
+            headers,
+            fetched.body.into_body(),
+            status,
+        )
+        .await)
+}
+
+/// Adds a strong ETag computed from the body to a complete 200 that has none (route `etag`).
+/// Returns whether it did.
+fn maybe_generate_etag(
+    route: &ReadRoute,
+    method: &Method,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    body: &[u8],
+) -> bool {
+    let eligible = route.target.generate_etag
+        && status == StatusCode::OK
+        && method == Method::GET
+        && !headers.contains_key(header::ETAG)
+        && !headers.contains_key(header::CONTENT_ENCODING);
+    if eligible {
+        headers.insert(header::ETAG, etag::generate(body));
+    }
+    eligible
+}
+
+/// What the cache steps produce for the responder.
+enum Answer {
+    /// A stored entry.
+    Stored(Arc<Entry>),
+    /// An upstream (or revalidated) answer sent as it is: not storable, or stored without
+    /// fields this requester may still see.
+    Upstream(StatusCode, HeaderMap, Body),
+    /// Not the cache's to answer (a range of an entry it does not hold): forward as received.
+    PassThrough(Box<Outbound>),
+}
+
+/// One read on a cached route: everything the steps after the lookup need, owned, so that a
+/// background refresh can take a copy along.
+#[derive(Clone)]
+struct Cached {
+    state: AppState,
+    route: Arc<ReadRoute>,
+    cache: Arc<Cache>,
+    /// The upstream request of a cache fill (GET, unconditional, identity).
+    outbound: Outbound,
+    keys: Keys,
+    /// The request path's invalidation generation before anything was fetched.
+    generation: Generation,
+    rules: Rules,
+}
+
+/// 5xx answers that `stale-if-error` may hide (RFC 5861 §4).
+fn is_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+impl Cached {
+    /// Steps 3–5: lookup, then a hit, a revalidation, a background refresh or a coalesced
+    /// fetch; the status says how the answer was produced.
+    async fn answer(
+        &self,
+        responder: &Responder<'_>,
+    ) -> Result<(CacheStatus, Answer), GatewayError> {
+        let mut flight = None;
+        let found = match self.cache.lookup(&self.keys, &self.outbound.headers) {
+            Some(found) => Some(found),
+            None if responder.wants_range() => {
+                return Ok((
+                    CacheStatus::Miss,
+                    Answer::PassThrough(Box::new(self.outbound.clone())),
+                ));
+            }
+            None => match self.cache.join(self.flight_key(), self.timeout()).await {
+                Flight::Leader(guard) => {
+                    flight = Some(guard);
+                    None
+                }
+                Flight::Waited => self.cache.lookup(&self.keys, &self.outbound.headers),
+            },
+        };
+        let Some(found) = found else {
+            let fetched = fetch(
+                &self.state,
+                &self.route.upstream,
+                &self.outbound,
+                None,
+                self.cache.max_object_bytes(),
+            )
+            .await?;
+            let answer = self.keep(fetched);
+            drop(flight);
+            return Ok((CacheStatus::Miss, answer));
+        };
+        match found.entry.freshness() {
+            Freshness::Fresh => Ok((CacheStatus::Hit, Answer::Stored(found.entry))),
+            Freshness::StaleWhileRevalidate => {
+                // RFC 5861 §3: answer now, refresh once in the background.
+                if let Some(guard) = self.cache.try_lead(self.base(&found)) {
+                    let this = self.clone();
+                    let stale = found.clone();
+                    tokio::spawn(async move {
+                        let _refreshing = guard;
+                        let _ = this.revalidate(&stale).await;
+                    });
+                }
+                Ok((CacheStatus::Stale, Answer::Stored(found.entry)))
+            }
+            Freshness::Stale => {
+                // Concurrent requests for one stale entry make one revalidation.
+                let _guard = match self.cache.join(self.base(&found), self.timeout()).await {
+                    Flight::Leader(guard) => Some(guard),
+                    Flight::Waited => {
+                        if let Some(again) = self.cache.lookup(&self.keys, &self.outbound.headers)
+                            && again.entry.freshness() == Freshness::Fresh
+                        {
+                            return Ok((CacheStatus::Hit, Answer::Stored(again.entry)));
+                        }
+                        None
+                    }
+                };
+                self.revalidate(&found).await
+            }
+        }
+    }
+
+    /// Where `found` is stored.
+    fn base(&self, found: &Found) -> &[u8] {
+        self.base_of(found.private)
+    }
+
+    /// The base key of this request's private (`true`) or shared partition.
+    fn base_of(&self, private: bool) -> &[u8] {
+        match self.keys.private_base() {
+            Some(base) if private => base,
+            _ => self.keys.shared_base(),
+        }
+    }
+
+    fn flight_key(&self) -> &[u8] {
+        self.keys
+            .private_base()
+            .unwrap_or_else(|| self.keys.shared_base())
+    }
+
+    fn timeout(&self) -> std::time::Duration {
+        self.route.upstream.timeout()
+    }
+
+    /// Revalidates a stale entry with its validators (RFC 9111 §4.3): a 304 refreshes it, an
+    /// error may be answered with it (`stale-if-error`), anything else replaces it.
+    async fn revalidate(&self, found: &Found) -> Result<(CacheStatus, Answer), GatewayError> {
+        let entry = &found.entry;
+        // An entry shared only through `must-revalidate` is confirmed by a 304 only to the
+        // identity that stored it: another user's "not modified" (for a tag that is the same
+        // for everybody) must not hand them the first user's body.
+        let may_confirm = entry
+            .meta
+            .sharing
+            .owner
+            .is_none_or(|owner| self.keys.identity == Some(owner));
+        let mut conditional = HeaderMap::new();
+        if may_confirm {
+            if let Some(tag) = entry
+                .headers
+                .get(header::ETAG)
+                .filter(|_| !entry.meta.generated_etag)
+            {
+                conditional.insert(header::IF_NONE_MATCH, tag.clone());
+            } else if let Some(modified) = entry.headers.get(header::LAST_MODIFIED) {
+                conditional.insert(header::IF_MODIFIED_SINCE, modified.clone());
+            }
+        }
+        let fetched = fetch(
+            &self.state,
+            &self.route.upstream,
+            &self.outbound,
+            Some(&conditional),
+            self.cache.max_object_bytes(),
+        )
+        .await;
+        let fetched = match fetched {
+            Err(e) if entry.usable_on_error() => {
+                tracing::debug!(error = %e, "Upstream failed; serving a stale entry (stale-if-error).");
+                return Ok((CacheStatus::Stale, Answer::Stored(entry.clone())));
+            }
+            Err(e) => return Err(e),
+            Ok(fetched) => fetched,
+        };
+        if is_error(fetched.parts.status) && entry.usable_on_error() {
+            return Ok((CacheStatus::Stale, Answer::Stored(entry.clone())));
+        }
+        if fetched.parts.status == StatusCode::NOT_MODIFIED && !conditional.is_empty() {
+            return Ok((CacheStatus::Revalidated, self.refresh(found, &fetched)));
+        }
+        self.cache.remove(self.base(found), &self.outbound.headers);
+        Ok((CacheStatus::Miss, self.keep(fetched)))
+    }
+
+    /// Applies a 304 to a stored entry (RFC 9111 §4.3.4: its header fields replace the stored
+    /// ones), then stores the result where the updated response now belongs.
+    fn refresh(&self, found: &Found, fetched: &Fetched) -> Answer {
+        let entry = &found.entry;
+        let mut headers = entry.headers.clone();
+        let update = response_headers(&fetched.parts.headers);
+        for name in update.keys() {
+            // Fields describing the stored body stay the stored body's.
+            if [
+                header::CONTENT_LENGTH,
+                header::CONTENT_ENCODING,
+                header::CONTENT_TYPE,
+                header::CONTENT_RANGE,
+            ]
+            .contains(name)
+            {
+                continue;
+            }
+            headers.remove(name);
+            for value in update.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let full = headers.clone();
+        match self.decide(entry.status, &headers, &fetched.timing) {
+            Some((private, meta)) => {
+                if private != found.private {
+                    self.cache.remove(self.base(found), &self.outbound.headers);
+                }
+                let meta = Meta {
+                    generated_etag: entry.meta.generated_etag,
+                    encodable: entry.meta.encodable,
+                    ..meta
+                };
+                let drops = !meta.policy.drop_fields.is_empty();
+                let stored = self.cache.store(
+                    self.base_of(private),
+                    key::vary_names(&headers),
+                    &self.outbound.headers,
+                    Entry::new(entry.status, headers, entry.body.clone(), meta),
+                );
+                if drops {
+                    Answer::Upstream(entry.status, full, Body::from(entry.body.clone()))
+                } else {
+                    Answer::Stored(stored)
+                }
+            }
+            None => {
+                self.cache.remove(self.base(found), &self.outbound.headers);
+                Answer::Upstream(entry.status, full, Body::from(entry.body.clone()))
+            }
+        }
+    }
+
+    /// Stores a fetched response if the rules allow, and says what to send.
+    fn keep(&self, fetched: Fetched) -> Answer {
+        let Fetched {
+            parts,
+            body,
+            timing,
+        } = fetched;
+        let status = parts.status;
+        let mut headers = response_headers(&parts.headers);
+        let bytes = match body {
+            Buffered::Complete(bytes) => bytes,
+            // Too large to store: stream it through.
+            partial @ Buffered::Partial(..) => {
+                return Answer::Upstream(status, headers, partial.into_body());
+            }
+        };
+        let generated_etag =
+            maybe_generate_etag(&self.route, &Method::GET, status, &mut headers, &bytes);
+        // A partial response is never a complete entry (RFC 9111 §3.4).
+        let decided = if headers.contains_key(header::CONTENT_RANGE) {
+            None
+        } else {
+            self.decide(status, &headers, &timing)
+        };
+        let Some((private, meta)) = decided else {
+            return Answer::Upstream(status, headers, Body::from(bytes));
+        };
+        let meta = Meta {
+            generated_etag,
+            encodable: respond::encodable(status, &headers, &bytes),
+            ..meta
+        };
+        // The requester gets the whole response; the stored copy lacks the fields the origin
+        // excluded (`private="…"`, `no-cache="…"`).
+        let full = (!meta.policy.drop_fields.is_empty()).then(|| headers.clone());
+        let vary = key::vary_names(&headers);
+        let entry = self.cache.store(
+            self.base_of(private),
+            vary,
+            &self.outbound.headers,
+            Entry::new(status, headers, bytes.clone(), meta),
+        );
+        match full {
+            Some(headers) => Answer::Upstream(status, headers, Body::from(bytes)),
+            None => Answer::Stored(entry),
+        }
+    }
+
+    /// The storage decision for a response to this request: whether it goes to this caller's
+    /// private partition (else the shared one) and its metadata, or `None` when it must not be
+    /// stored.
+    fn decide(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        timing: &Timing,
+    ) -> Option<(bool, Meta)> {
+        let credentials = self.keys.identity.is_some();
+        let decision = policy::storable(status, headers, credentials, &self.rules, timing)?;
+        let private = match decision.scope {
+            Scope::Shared => false,
+            // Private scope needs credentials, so there is a private partition.
+            Scope::Private => {
+                self.keys.private_base()?;
+                true
+            }
+        };
+        // Whether a request with credentials may reuse it from the shared partition (RFC
+        // 9111 §3.5), whoever stored it.
+        let with_credentials = decision.scope == Scope::Shared
+            && policy::storable(status, headers, true, &self.rules, timing)
+                .is_some_and(|d| d.scope == Scope::Shared);
+        let directives = policy::Directives::parse(headers);
+        let owner = (decision.scope == Scope::Shared
+            && !directives.public
+            && directives.s_maxage.is_none())
+        .then_some(self.keys.identity)
+        .flatten();
+        Some((
+            private,
+            Meta {
+                policy: decision,
+                response_time: timing.response_time,
+                sharing: Sharing {
+                    with_credentials,
+                    owner,
+                },
+                generation: self.generation,
+                encodable: false,
+                generated_etag: false,
+            },
+        ))
+    }
+}

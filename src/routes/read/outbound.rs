@@ -1,0 +1,239 @@
+//! Steps 1–2 of a read: the request checks, then the upstream request, built once.
+//!
+//! [`Outbound`] is the request exactly as the upstream will get it: method, path and query
+//! (rewritten by the route's template), and every header (client headers that may cross,
+//! `X-Forwarded-*`, identity headers from the verified token). The cache computes its keys
+//! from this map, so what the origin saw and what selects a stored response are the same.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::ReadRoute;
+use crate::auth::Identity;
+use crate::error::GatewayError;
+use crate::proxy::{ForwardContext, upstream_request_headers};
+use crate::state::AppState;
+
+/// Characters kept as-is when a path parameter is put into an upstream path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Request fields the cache answers itself (RFC 9111 §4.3.2, RFC 9110 §14): its upstream
+/// fetches are complete and unconditional, so these never reach the upstream from a cached
+/// route (unless the request is passed through, see [`Outbound::pass_through`]).
+const ANSWERED_BY_CACHE: [HeaderName; 6] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::RANGE,
+];
+
+/// The upstream request for one read.
+#[derive(Debug, Clone)]
+pub(super) struct Outbound {
+    /// Method sent upstream.
+    pub(super) method: Method,
+    /// Path and query sent upstream.
+    pub(super) path_and_query: PathAndQuery,
+    /// Every header sent upstream.
+    pub(super) headers: HeaderMap,
+}
+
+impl Outbound {
+    /// Checks the request and builds its upstream request.
+    pub(super) async fn new(
+        state: &AppState,
+        route: &ReadRoute,
+        parts: &mut Parts,
+    ) -> Result<Self, GatewayError> {
+        check_path(parts.uri.path())?;
+        let params = match route.target.upstream_path {
+            None => None,
+            Some(_) => Some(
+                RawPathParams::from_request_parts(parts, &())
+                    .await
+                    .map_err(|_| {
+                        GatewayError::BadRequest("path parameters must be valid UTF-8".into())
+                    })?,
+            ),
+        };
+        let path_and_query = upstream_path_and_query(route, params.as_ref(), &parts.uri)?;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let mut headers = upstream_request_headers(
+            &parts.headers,
+            &ForwardContext {
+                peer,
+                trusted_proxies: &state.trusted_proxies,
+                forward_authorization: route.target.forward_authorization,
+                public_host: state.public_host.as_ref().map(|h| &h.header),
+                authority: parts.uri.authority(),
+            },
+        );
+        // Client copies of X-Auth-* were dropped above; these come from the verified token.
+        if let Some(identity) = parts.extensions.get::<Identity>() {
+            for (name, value) in identity.headers() {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.insert(name, value);
+                }
+            }
+        }
+        Ok(Self {
+            method: parts.method.clone(),
+            path_and_query,
+            headers,
+        })
+    }
+
+    /// Turns this into the request a cache fill sends: a GET for the complete, identity-encoded
+    /// representation (the gateway compresses, answers conditionals and ranges itself).
+    pub(super) fn for_cache(&mut self) {
+        self.method = Method::GET;
+        for name in &ANSWERED_BY_CACHE {
+            self.headers.remove(name);
+        }
+        self.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
+
+    /// Undoes [`Outbound::for_cache`] for a request the cache passes through as received (a
+    /// range of an entry it does not hold).
+    pub(super) fn pass_through(&mut self, client: &Parts) {
+        self.method = client.method.clone();
+        self.headers.remove(header::ACCEPT_ENCODING);
+        for name in ANSWERED_BY_CACHE.iter().chain([&header::ACCEPT_ENCODING]) {
+            for value in client.headers.get_all(name) {
+                self.headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Rejects paths whose meaning a backend could change by normalising them: dot segments
+/// (plain or percent-encoded) would let `/public/../admin` match a public route and reach
+/// `/admin` upstream.
+fn check_path(path: &str) -> Result<(), GatewayError> {
+    // Without a `.` or a `%` there is no dot segment, plain or encoded: skip the allocations
+    // below for the usual path.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
+    let lower = path.to_ascii_lowercase();
+    let decoded = lower.replace("%2e", ".");
+    let dot_segment = decoded.split('/').any(|seg| seg == "." || seg == "..");
+    if dot_segment || lower.contains("%2f") && decoded.contains("..") {
+        return Err(GatewayError::BadRequest(
+            "the path must not contain `.` or `..` segments".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The upstream path (rewritten with the route's template, or the request path unchanged) and
+/// the request's query string.
+fn upstream_path_and_query(
+    route: &ReadRoute,
+    params: Option<&RawPathParams>,
+    uri: &http::Uri,
+) -> Result<PathAndQuery, GatewayError> {
+    let path = match (&route.target.upstream_path, params) {
+        (Some(template), Some(params)) => {
+            let params: Vec<(&str, &str)> = params.iter().collect();
+            Cow::Owned(
+                template
+                    .render(|name| {
+                        let value = params
+                            .iter()
+                            .find(|(k, _)| *k == name)
+                            .map_or("", |(_, v)| v);
+                        let encoded = if route.catch_all.as_deref() == Some(name) {
+                            // A catch-all keeps its slashes; each segment is encoded on its own.
+                            value
+                                .split('/')
+                                .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+                                .collect::<Vec<_>>()
+                                .join("/")
+                        } else {
+                            utf8_percent_encode(value, SEGMENT).to_string()
+                        };
+                        Ok::<_, Infallible>(Cow::Owned(encoded))
+                    })
+                    .unwrap_or_default(),
+            )
+        }
+        _ => Cow::Borrowed(uri.path()),
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    PathAndQuery::try_from(pq)
+        .map_err(|_| GatewayError::BadRequest("invalid request target".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_rejected() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/%2E/b",
+            "/..",
+            "/a/..",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for ok in ["/a/b", "/a/..b/c", "/a/b.json", "/.well-known/x"] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn cache_fills_are_unconditional_identity_gets_and_pass_through_restores() {
+        let client = http::Request::builder()
+            .method(Method::HEAD)
+            .header("range", "bytes=0-1")
+            .header("if-none-match", "\"a\"")
+            .header("accept-encoding", "gzip")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut out = Outbound {
+            method: Method::HEAD,
+            path_and_query: PathAndQuery::from_static("/p"),
+            headers: client.headers.clone(),
+        };
+        out.for_cache();
+        assert_eq!(out.method, Method::GET);
+        assert_eq!(out.headers["accept-encoding"], "identity");
+        assert!(!out.headers.contains_key("range") && !out.headers.contains_key("if-none-match"));
+        out.pass_through(&client);
+        assert_eq!(out.method, Method::HEAD);
+        assert_eq!(out.headers, client.headers);
+    }
+}
