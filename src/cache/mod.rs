@@ -181,6 +181,41 @@ fn with_key<R>(build: impl Fn(&mut Vec<u8>), f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
+/// `path` with percent-encoded unreserved characters decoded and other escapes upper-cased
+/// (RFC 3986 §6.2.2): equivalent spellings of one path share one invalidation counter.
+fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escape {
+            Some(b) if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            Some(b) => {
+                out.push_str(&format!("%{b:02X}"));
+                i += 3;
+            }
+            None => {
+                // Not an escape: copy the UTF-8 sequence starting here as it is.
+                let len = path[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&path[i..i + len]);
+                i += len;
+            }
+        }
+    }
+    out.into()
+}
+
 /// The store key of `base`'s variant for `upstream` when it varies on `names`.
 fn push_entry_key(key: &mut Vec<u8>, base: &[u8], names: &[HeaderName], upstream: &HeaderMap) {
     key.extend_from_slice(base);
@@ -225,8 +260,11 @@ impl Cache {
     /// The current invalidation generation of request `path`; capture it before fetching, so
     /// that a write landing while the fetch is under way invalidates what it brings back.
     pub fn generation(&self, path: &str) -> Generation {
+        // `/users/%31` and `/users/1` are one resource to the router (and upstream): one
+        // counter.
+        let path = normalise_path(path);
         // The bucket count is a power of two: the mask keeps the low bits of the hash.
-        let bucket = (self.hasher.hash_one(path) as usize) & (GENERATION_BUCKETS - 1);
+        let bucket = (self.hasher.hash_one(&*path) as usize) & (GENERATION_BUCKETS - 1);
         let value = self
             .generations
             .get(bucket)
@@ -546,6 +584,16 @@ mod tests {
             entry(&c, "/users/1", b"1b"),
         );
         assert_eq!(c.lookup(&k1, &none).unwrap().entry.body, "1b");
+    }
+
+    #[test]
+    fn equivalent_path_spellings_share_an_invalidation() {
+        assert_eq!(normalise_path("/users/%31%2fx%2F"), "/users/1%2Fx%2F");
+        assert_eq!(normalise_path("/a%zz/é%7e"), "/a%zz/é~");
+        let c = Cache::new(&settings());
+        let before = c.generation("/users/1");
+        c.invalidate_path("/users/%31");
+        assert_ne!(before, c.generation("/users/1"));
     }
 
     #[test]
