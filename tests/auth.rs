@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,50 +20,13 @@ use lapin::ExchangeKind;
 use lapin::types::AMQPValue;
 use serde_json::{Value, json};
 use support::origin::Origin;
+use support::poll::eventually;
+use support::tokens::{self, SECRET, bearer, claims, fixture, hs, mint, now, pem};
 use support::{TestGateway, TestQueue, amqp_url, base_config, free_port, unique_name};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-const SECRET: &str = "integration-test-secret-0123456789abcdef";
-const ISS: &str = "https://issuer.test";
-const AUD: &str = "gateway-tests";
 const WAIT: Duration = Duration::from_secs(5);
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/keys")
-        .join(name)
-}
-
-fn pem(name: &str) -> Vec<u8> {
-    std::fs::read(fixture(name)).unwrap()
-}
-
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
-
-/// Claims of a valid token for `sub` with these roles and scope string.
-fn claims(sub: &str, roles: &[&str], scope: &str) -> Value {
-    json!({
-        "sub": sub, "iss": ISS, "aud": AUD, "iat": now(), "exp": now() + 300,
-        "realm_access": {"roles": roles}, "scope": scope,
-        "email": format!("{sub}@example.com"), "org": {"tenant": "t-1"},
-    })
-}
-
-fn mint(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
-    let key = match alg {
-        Algorithm::HS256 => EncodingKey::from_secret(SECRET.as_bytes()),
-        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem("rsa1.key")).unwrap(),
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem("ec256.key")).unwrap(),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap(),
-        other => panic!("no test key for {other:?}"),
-    };
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    encode(&header, claims, &key).unwrap()
-}
 
 /// An RS256 token signed with `rsa2.key` (the key the test JWKS serves), under `kid`.
 fn mint_rsa2(kid: &str, claims: &Value) -> String {
@@ -76,10 +38,6 @@ fn mint_rsa2(kid: &str, claims: &Value) -> String {
         &EncodingKey::from_rsa_pem(&pem("rsa2.key")).unwrap(),
     )
     .unwrap()
-}
-
-fn hs(claims: &Value) -> String {
-    mint(Algorithm::HS256, Some("hs"), claims)
 }
 
 fn b64(v: &Value) -> String {
@@ -143,23 +101,11 @@ impl JwksServer {
     }
 }
 
-/// The `[auth]` section; `extra` adds or overrides settings.
+/// The `[auth]` section with every test key (HS256, RS256, ES256, EdDSA, the JWKS); `extra`
+/// adds settings.
 fn auth_section(jwks_url: &str, extra: &str) -> String {
-    format!(
+    let more_keys = format!(
         r#"
-[auth]
-issuer = "{ISS}"
-audience = "{AUD}"
-leeway = "30s"
-roles_claim = "realm_access.roles"
-propagate_claims = {{ email = "email", tenant = "org.tenant" }}
-{extra}
-
-[[auth.keys]]
-kid = "hs"
-algorithm = "HS256"
-secret = "{SECRET}"
-
 [[auth.keys]]
 kid = "rs"
 algorithm = "RS256"
@@ -182,7 +128,8 @@ jwks_url = "{jwks_url}"
         rs = fixture("rsa1.pub.pem").display(),
         es = fixture("ec256.pub.pem").display(),
         ed = fixture("ed25519.pub.pem").display(),
-    )
+    );
+    tokens::auth_section(extra, &more_keys)
 }
 
 /// Write routes on `exchange`, one per policy; routing key = the route's last path segment.
@@ -267,10 +214,6 @@ async fn answer(res: reqwest::Response) -> Answer {
         body,
         headers,
     }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 /// Expected status, `WWW-Authenticate` and problem type.
@@ -752,18 +695,6 @@ async fn identity_goes_into_amqp_headers_and_forged_copies_never_do() {
     assert_eq!(res.status(), 202);
     let d = s.queue.expect(WAIT, "the open event").await;
     assert_eq!(amqp_header(&d, "x-auth-sub"), None);
-}
-
-/// Polls `f` until it returns true or `timeout` passes.
-async fn eventually(timeout: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test]

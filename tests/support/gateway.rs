@@ -1,6 +1,8 @@
 //! Owns the gateway under test: [`TestGateway::start`] runs the real `amqp_gateway::run` in
 //! this process on `127.0.0.1:0` listeners and waits (with a deadline) until `/readyz` says the
-//! publishing channels are up.
+//! publishing channels are up; [`TestGateway::reads`] / [`TestGateway::in_front_of`] start
+//! read-only gateways (no broker) from config pieces ([`base_config_with`], [`upstream`],
+//! [`read_route`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +15,12 @@ use tokio::time::Instant;
 
 /// `[server]` and `[amqp]` for a test config; routes and exchanges are appended by the test.
 pub fn base_config(amqp_url: &str) -> String {
+    base_config_with(amqp_url, "")
+}
+
+/// [`base_config`] with `server_extra` lines added to `[server]` (`trusted_proxies = [...]`,
+/// `public_host = "..."`).
+pub fn base_config_with(amqp_url: &str, server_extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -20,6 +28,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:1"
 max_body_bytes = 65536
 shutdown_timeout = "5s"
+{server_extra}
 
 [amqp]
 url = "{amqp_url}"
@@ -28,6 +37,37 @@ channels_per_connection = 4
 confirm_timeout = "5s"
 connect_timeout = "2s"
 "#
+    )
+}
+
+/// An AMQP URL on a port nothing listens on: for gateways that only serve reads (start them
+/// with [`TestGateway::start_unready`]).
+pub fn no_broker() -> String {
+    format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        super::broker::free_port()
+    )
+}
+
+/// `[upstreams.NAME]` with the one target `url` and short timeouts (2 s per request, 300 ms to
+/// connect).
+pub fn upstream(name: &str, url: &str) -> String {
+    format!(
+        "\n[upstreams.{name}]\ntargets = [\"{url}\"]\ntimeout = \"2s\"\nconnect_timeout = \"300ms\"\n"
+    )
+}
+
+/// A GET/HEAD `[[routes]]` table named `name` on `path`, proxied to `upstream`; `extra` adds
+/// lines (`auth = ...`, `cache = ...`, `compress = ...`). Without an `auth` line in `extra` the
+/// route is `auth = "public"`.
+pub fn read_route(name: &str, path: &str, upstream: &str, extra: &str) -> String {
+    let auth = if extra.lines().any(|l| l.trim_start().starts_with("auth ")) {
+        ""
+    } else {
+        "auth = \"public\"\n"
+    };
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = [\"GET\", \"HEAD\"]\nupstream = \"{upstream}\"\n{auth}{extra}\n"
     )
 }
 
@@ -47,6 +87,20 @@ impl TestGateway {
         let gw = Self::start_unready(config).await;
         gw.wait_ready(Duration::from_secs(20)).await;
         gw
+    }
+
+    /// Starts a read-only gateway (no broker: [`no_broker`]) with `server_extra` in `[server]`
+    /// and `sections` (upstreams, `[auth]`, routes) after it.
+    pub async fn reads(server_extra: &str, sections: &str) -> TestGateway {
+        let config = format!("{}{sections}", base_config_with(&no_broker(), server_extra));
+        Self::start_unready(&config).await
+    }
+
+    /// [`TestGateway::reads`] with upstream `o` ([`upstream`]) on `origin_url` first in
+    /// `sections`.
+    pub async fn in_front_of(origin_url: &str, server_extra: &str, sections: &str) -> TestGateway {
+        let sections = format!("{}{sections}", upstream("o", origin_url));
+        Self::reads(server_extra, &sections).await
     }
 
     /// Starts a gateway without waiting for the broker.

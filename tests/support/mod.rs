@@ -8,8 +8,19 @@
 //!   [`rabbitmqctl_async`] control that node. Fault tests that stop, kill or alarm the
 //!   broker use [`private_node`] instead: a node of the test binary's own (never the shared
 //!   one), with `down`/`up` (same ports, same data) and its own `ctl`.
-//! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query.
-//! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0.
+//! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query
+//!   ([`Origin::start`]) or by a closure of the test ([`Origin::scripted`], answering
+//!   [`origin::Reply`]s); it records every request ([`origin::Seen`], raw header bytes).
+//! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0; config helpers
+//!   ([`base_config`], [`gateway::base_config_with`] for `[server]` settings,
+//!   [`gateway::no_broker`] for read-only gateways, [`gateway::upstream`],
+//!   [`gateway::read_route`]).
+//! * [`http`] — the client side of read tests: [`http::get`] / [`http::send`] (raw header
+//!   bytes) returning an [`http::Answer`], and HTTP dates in IMF-fixdate, RFC 850 and asctime
+//!   forms ([`http::imf_fixdate`], [`http::rfc850`], [`http::asctime`]).
+//! * [`poll`] — [`poll::eventually`]: poll a condition with a deadline instead of sleeping.
+//! * [`tokens`] — test bearer tokens (HS256 and the fixture keys) and the `[auth]` section
+//!   that verifies them.
 //! * [`load`] — timed writes ([`load::post_event`]), concurrent writers recording every
 //!   answer ([`load::Writers`]) and the drain-and-count check ([`load::DrainReport`]).
 //! * [`nginx`] — [`nginx::Nginx`]: real nginx with a config derived from `deploy/nginx.conf`.
@@ -49,10 +60,13 @@
 pub mod amqp;
 pub mod broker;
 pub mod gateway;
+pub mod http;
 pub mod load;
 pub mod nginx;
 pub mod origin;
+pub mod poll;
 pub mod process;
+pub mod tokens;
 
 pub use amqp::{TestQueue, unique_name};
 pub use broker::{
