@@ -65,8 +65,9 @@ fn is_credential(name: &HeaderName) -> bool {
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     /// The shared partition's key of the resource: `s \0 route \0 proto \0 host \0
-    /// upstream path?query`, the target URI as the origin saw it, scoped to the route (two
-    /// routes may share an upstream with different rules).
+    /// path?query`, the target URI as the origin is asked for it (the route's template renders
+    /// the upstream path from the request path), scoped to the route (two routes may share an
+    /// upstream with different rules).
     shared: Vec<u8>,
     /// The caller's own partition: `p identity \0 …` (same resource), when it has credentials.
     private: Option<Vec<u8>>,
@@ -75,7 +76,8 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    /// The keys for `route` and the upstream request (`path_and_query`, `upstream` headers).
+    /// The keys for `route`, the request target (`path_and_query`, which with the route
+    /// determines the upstream's) and the upstream request's headers.
     pub(crate) fn new(route: &str, path_and_query: &str, upstream: &HeaderMap) -> Self {
         let proto = upstream
             .get(X_FORWARDED_PROTO)

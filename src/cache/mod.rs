@@ -123,7 +123,8 @@ pub struct Cache {
     vary: Moka<Vec<u8>, Arc<[HeaderName]>>,
     inflight: Inflight,
     generations: Box<[AtomicU64]>,
-    hasher: RandomState,
+    /// Seeds the path hash per process, so which paths share a counter cannot be planned.
+    seed: u64,
     max_object_bytes: usize,
 }
 
@@ -247,7 +248,7 @@ impl Cache {
             vary: Moka::new(100_000),
             inflight: Arc::default(),
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: RandomState::new(),
+            seed: RandomState::new().hash_one(0u8),
             max_object_bytes: settings.max_object_bytes,
         }
     }
@@ -264,7 +265,8 @@ impl Cache {
         // counter.
         let path = normalise_path(path);
         // The bucket count is a power of two: the mask keeps the low bits of the hash.
-        let bucket = (self.hasher.hash_one(&*path) as usize) & (GENERATION_BUCKETS - 1);
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(path.as_bytes(), self.seed);
+        let bucket = (hash as usize) & (GENERATION_BUCKETS - 1);
         let value = self
             .generations
             .get(bucket)

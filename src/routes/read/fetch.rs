@@ -9,7 +9,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::outbound::Outbound;
+use super::outbound::{Outbound, Target};
 use crate::cache::policy::Timing;
 use crate::error::GatewayError;
 use crate::proxy::{Upstream, UpstreamError};
@@ -55,9 +55,11 @@ pub(super) async fn fetch(
     state: &AppState,
     upstream: &Upstream,
     outbound: &Outbound,
+    target: Option<Target<'_>>,
     extra: Option<&HeaderMap>,
     limit: usize,
 ) -> Result<Fetched, GatewayError> {
+    let path_and_query = outbound.path_and_query(target)?;
     let mut headers = outbound.headers.clone();
     if let Some(extra) = extra {
         for (name, value) in extra {
@@ -67,7 +69,7 @@ pub(super) async fn fetch(
     let exchange = async {
         let request_time = SystemTime::now();
         let response = upstream
-            .send(&outbound.method, &outbound.path_and_query, headers)
+            .send(&outbound.method, path_and_query, headers)
             .await
             .map_err(|e| match e {
                 UpstreamError::Unreachable | UpstreamError::Failed => GatewayError::BadGateway,

@@ -30,7 +30,7 @@ use crate::error::GatewayError;
 use crate::proxy::{Upstream, response_headers};
 use crate::state::AppState;
 use fetch::{Buffered, Fetched, fetch};
-use outbound::Outbound;
+use outbound::{Outbound, Target};
 use respond::Responder;
 
 /// Largest body given a generated ETag on routes without a cache.
@@ -58,30 +58,36 @@ pub async fn handle(
     // A body on GET/HEAD is never forwarded (it would be an unkeyed cache input).
     let (mut parts, _body) = request.into_parts();
     super::check_host(&state, &parts)?;
-    let mut outbound = Outbound::new(&state, &route, &mut parts).await?;
-    let responder = Responder::new(route.target.compress, &parts);
-    let (Some(config), Some(cache)) = (&route.target.cache, &state.cache) else {
-        return forward(&state, &route, outbound, &responder, None).await;
+    let params = outbound::check(&route, &mut parts).await?;
+    let cache = route.target.cache.as_ref().zip(state.cache.as_ref());
+    let outbound = Outbound::new(&state, &route, &parts, cache.is_some());
+    let target = Target {
+        route: &route,
+        params: params.as_ref(),
+        uri: &parts.uri,
     };
-    outbound.for_cache();
+    let responder = Responder::new(route.target.compress, &parts);
+    let Some((config, cache)) = cache else {
+        return forward(&state, target, outbound, &responder, None).await;
+    };
+    // With the route, the request target determines the upstream's (the route's template
+    // renders it from the path), so keying on it is keying on what the origin is asked for.
+    let request_target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let cached = Cached {
-        keys: Keys::new(
-            &route.name,
-            outbound.path_and_query.as_str(),
-            &outbound.headers,
-        ),
+        keys: Keys::new(&route.name, request_target, &outbound.headers),
         generation: cache.generation(parts.uri.path()),
         rules: rules(config),
-        cache: cache.clone(),
-        state: state.clone(),
-        route: route.clone(),
+        cache,
+        state: &state,
+        route: &route,
+        target: Some(target),
         outbound,
     };
     let (status, answer) = cached.answer(&responder).await?;
     let response = match answer {
         Answer::PassThrough(mut outbound) => {
             outbound.pass_through(&parts);
-            return forward(&state, &route, *outbound, &responder, Some(status)).await;
+            return forward(&state, target, *outbound, &responder, Some(status)).await;
         }
         Answer::Stored(entry) => responder.entry(cache, &entry, status).await,
         Answer::Upstream(code, headers, body) => {
@@ -104,16 +110,17 @@ fn rules(config: &CacheConfig) -> Rules {
 /// ETag when possible, then answer.
 async fn forward(
     state: &AppState,
-    route: &ReadRoute,
+    target: Target<'_>,
     outbound: Outbound,
     responder: &Responder<'_>,
     status: Option<CacheStatus>,
 ) -> Result<Response, GatewayError> {
+    let route = target.route;
     let limit = state
         .cache
         .as_ref()
         .map_or(DEFAULT_BUFFER_BYTES, |c| c.max_object_bytes());
-    let fetched = fetch(state, &route.upstream, &outbound, None, limit).await?;
+    let fetched = fetch(state, &route.upstream, &outbound, Some(target), None, limit).await?;
     let mut headers = response_headers(&fetched.parts.headers);
     if let Buffered::Complete(bytes) = &fetched.body {
         maybe_generate_etag(
@@ -168,13 +175,15 @@ enum Answer {
     PassThrough(Box<Outbound>),
 }
 
-/// One read on a cached route: everything the steps after the lookup need, owned, so that a
-/// background refresh can take a copy along.
-#[derive(Clone)]
-struct Cached {
-    state: AppState,
-    route: Arc<ReadRoute>,
-    cache: Arc<Cache>,
+/// One read on a cached route: everything the steps after the lookup need. The shared parts
+/// are borrowed (a hit clones no `Arc`); a background refresh takes owned copies along.
+struct Cached<'a> {
+    state: &'a AppState,
+    route: &'a Arc<ReadRoute>,
+    cache: &'a Arc<Cache>,
+    /// What the upstream path is rendered from (`None` in a background refresh, which gets a
+    /// rendered request).
+    target: Option<Target<'a>>,
     /// The upstream request of a cache fill (GET, unconditional, identity).
     outbound: Outbound,
     keys: Keys,
@@ -188,7 +197,7 @@ fn is_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-impl Cached {
+impl Cached<'_> {
     /// Steps 3–5: lookup, then a hit, a revalidation, a background refresh or a coalesced
     /// fetch; the status says how the answer was produced.
     async fn answer(
@@ -214,9 +223,10 @@ impl Cached {
         };
         let Some(found) = found else {
             let fetched = fetch(
-                &self.state,
+                self.state,
                 &self.route.upstream,
                 &self.outbound,
+                self.target,
                 None,
                 self.cache.max_object_bytes(),
             )
@@ -229,11 +239,26 @@ impl Cached {
             Freshness::Fresh => Ok((CacheStatus::Hit, Answer::Stored(found.entry))),
             Freshness::StaleWhileRevalidate => {
                 // RFC 5861 §3: answer now, refresh once in the background.
-                if let Some(guard) = self.cache.try_lead(self.base(&found)) {
-                    let this = self.clone();
-                    let stale = found.clone();
+                if let Some(guard) = self.cache.try_lead(self.base(&found))
+                    // Rendered now: the refresh runs after this request's parts are gone.
+                    && self.outbound.path_and_query(self.target).is_ok()
+                {
+                    let state = self.state.clone();
+                    let (route, cache) = (self.route.clone(), self.cache.clone());
+                    let (outbound, keys) = (self.outbound.clone(), self.keys.clone());
+                    let (generation, rules, stale) = (self.generation, self.rules, found.clone());
                     tokio::spawn(async move {
                         let _refreshing = guard;
+                        let this = Cached {
+                            state: &state,
+                            route: &route,
+                            cache: &cache,
+                            target: None,
+                            outbound,
+                            keys,
+                            generation,
+                            rules,
+                        };
                         let _ = this.revalidate(&stale).await;
                     });
                 }
@@ -305,9 +330,10 @@ impl Cached {
             }
         }
         let fetched = fetch(
-            &self.state,
+            self.state,
             &self.route.upstream,
             &self.outbound,
+            self.target,
             Some(&conditional),
             self.cache.max_object_bytes(),
         )
@@ -401,7 +427,7 @@ impl Cached {
             }
         };
         let generated_etag =
-            maybe_generate_etag(&self.route, &Method::GET, status, &mut headers, &bytes);
+            maybe_generate_etag(self.route, &Method::GET, status, &mut headers, &bytes);
         // A partial response is never a complete entry (RFC 9111 §3.4).
         let decided = if headers.contains_key(header::CONTENT_RANGE) {
             None

@@ -1,15 +1,16 @@
 //! Steps 1–2 of a read: the request checks, then the upstream request, built once.
 //!
 //! [`Outbound`] is the request exactly as the upstream will get it: method, path and query
-//! (rewritten by the route's template), and every header (client headers that may cross,
-//! `X-Forwarded-*`, identity headers from the verified token). The cache computes its keys
-//! from this map, so what the origin saw and what selects a stored response are the same.
+//! (rewritten by the route's template; rendered on first use, so a cache hit never renders
+//! it), and every header (client headers that may cross, `X-Forwarded-*`, identity headers
+//! from the verified token). The cache computes its keys from this map, so what the origin saw
+//! and what selects a stored response are the same.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::sync::OnceLock;
 
-use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
+use axum::extract::{FromRequestParts, RawPathParams};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -29,10 +30,12 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// Request fields the cache answers itself (RFC 9111 §4.3.2, RFC 9110 §14): its upstream
-/// fetches are complete and unconditional, so these never reach the upstream from a cached
-/// route (unless the request is passed through, see [`Outbound::pass_through`]).
-const ANSWERED_BY_CACHE: [HeaderName; 6] = [
+/// Request fields the cache answers itself (RFC 9111 §4.3.2, RFC 9110 §14), with
+/// `Accept-Encoding` (the gateway encodes): its upstream fetches are complete, unconditional
+/// and identity-encoded, so these never reach the upstream from a cached route (unless the
+/// request is passed through, see [`Outbound::pass_through`]).
+const ANSWERED_BY_CACHE: [HeaderName; 7] = [
+    header::ACCEPT_ENCODING,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
@@ -46,35 +49,48 @@ const ANSWERED_BY_CACHE: [HeaderName; 6] = [
 pub(super) struct Outbound {
     /// Method sent upstream.
     pub(super) method: Method,
-    /// Path and query sent upstream.
-    pub(super) path_and_query: PathAndQuery,
+    /// Path and query sent upstream, once rendered ([`Outbound::path_and_query`]).
+    path_and_query: OnceLock<PathAndQuery>,
     /// Every header sent upstream.
     pub(super) headers: HeaderMap,
 }
 
+/// What the upstream path and query are rendered from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub(super) route: &'a ReadRoute,
+    /// The route's path parameters, when its upstream path is a template.
+    pub(super) params: Option<&'a RawPathParams>,
+    pub(super) uri: &'a http::Uri,
+}
+
+/// Step 1: rejects paths a backend could read differently, and extracts the path parameters
+/// a templated upstream path needs.
+pub(super) async fn check(
+    route: &ReadRoute,
+    parts: &mut Parts,
+) -> Result<Option<RawPathParams>, GatewayError> {
+    check_path(parts.uri.path())?;
+    match route.target.upstream_path {
+        None => Ok(None),
+        Some(_) => RawPathParams::from_request_parts(parts, &())
+            .await
+            .map(Some)
+            .map_err(|_| GatewayError::BadRequest("path parameters must be valid UTF-8".into())),
+    }
+}
+
 impl Outbound {
-    /// Checks the request and builds its upstream request.
-    pub(super) async fn new(
+    /// Builds the upstream request of a checked request; for a cache fill (`cache_fill`): a GET
+    /// for the complete, identity-encoded representation, without the fields the cache answers
+    /// itself (the gateway compresses, answers conditionals and ranges).
+    pub(super) fn new(
         state: &AppState,
         route: &ReadRoute,
-        parts: &mut Parts,
-    ) -> Result<Self, GatewayError> {
-        check_path(parts.uri.path())?;
-        let params = match route.target.upstream_path {
-            None => None,
-            Some(_) => Some(
-                RawPathParams::from_request_parts(parts, &())
-                    .await
-                    .map_err(|_| {
-                        GatewayError::BadRequest("path parameters must be valid UTF-8".into())
-                    })?,
-            ),
-        };
-        let path_and_query = upstream_path_and_query(route, params.as_ref(), &parts.uri)?;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        parts: &Parts,
+        cache_fill: bool,
+    ) -> Self {
+        let peer = crate::routes::peer(parts);
         let mut headers = upstream_request_headers(
             &parts.headers,
             &ForwardContext {
@@ -83,6 +99,7 @@ impl Outbound {
                 forward_authorization: route.target.forward_authorization,
                 public_host: state.public_host.as_ref().map(|h| &h.header),
                 authority: parts.uri.authority(),
+                also_drop: if cache_fill { &ANSWERED_BY_CACHE } else { &[] },
             },
         );
         // Client copies of X-Auth-* were dropped above; these come from the verified token.
@@ -96,32 +113,43 @@ impl Outbound {
                 }
             }
         }
-        Ok(Self {
-            method: parts.method.clone(),
-            path_and_query,
-            headers,
-        })
-    }
-
-    /// Turns this into the request a cache fill sends: a GET for the complete, identity-encoded
-    /// representation (the gateway compresses, answers conditionals and ranges itself).
-    pub(super) fn for_cache(&mut self) {
-        self.method = Method::GET;
-        for name in &ANSWERED_BY_CACHE {
-            self.headers.remove(name);
+        if cache_fill {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
-        self.headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        Self {
+            method: if cache_fill {
+                Method::GET
+            } else {
+                parts.method.clone()
+            },
+            path_and_query: OnceLock::new(),
+            headers,
+        }
     }
 
-    /// Undoes [`Outbound::for_cache`] for a request the cache passes through as received (a
-    /// range of an entry it does not hold).
+    /// The upstream path and query, rendered from `target` on first use.
+    pub(super) fn path_and_query(
+        &self,
+        target: Option<Target<'_>>,
+    ) -> Result<&PathAndQuery, GatewayError> {
+        if let Some(pq) = self.path_and_query.get() {
+            return Ok(pq);
+        }
+        // Only a background refresh has no target, and it is handed a rendered request.
+        let target = target.ok_or(GatewayError::Internal)?;
+        let pq = upstream_path_and_query(target.route, target.params, target.uri)?;
+        Ok(self.path_and_query.get_or_init(|| pq))
+    }
+
+    /// Turns a cache fill back into the request as received, for one the cache passes through
+    /// (a range of an entry it does not hold).
     pub(super) fn pass_through(&mut self, client: &Parts) {
         self.method = client.method.clone();
         self.headers.remove(header::ACCEPT_ENCODING);
-        for name in ANSWERED_BY_CACHE.iter().chain([&header::ACCEPT_ENCODING]) {
+        for name in &ANSWERED_BY_CACHE {
             for value in client.headers.get_all(name) {
                 self.headers.append(name.clone(), value.clone());
             }
@@ -213,25 +241,25 @@ mod tests {
     }
 
     #[test]
-    fn cache_fills_are_unconditional_identity_gets_and_pass_through_restores() {
+    fn pass_through_restores_what_a_cache_fill_drops() {
         let client = http::Request::builder()
             .method(Method::HEAD)
             .header("range", "bytes=0-1")
             .header("if-none-match", "\"a\"")
             .header("accept-encoding", "gzip")
+            .header("accept", "application/json")
             .body(())
             .unwrap()
             .into_parts()
             .0;
+        let mut fill = HeaderMap::new();
+        fill.insert("accept", HeaderValue::from_static("application/json"));
+        fill.insert("accept-encoding", HeaderValue::from_static("identity"));
         let mut out = Outbound {
-            method: Method::HEAD,
-            path_and_query: PathAndQuery::from_static("/p"),
-            headers: client.headers.clone(),
+            method: Method::GET,
+            path_and_query: OnceLock::new(),
+            headers: fill,
         };
-        out.for_cache();
-        assert_eq!(out.method, Method::GET);
-        assert_eq!(out.headers["accept-encoding"], "identity");
-        assert!(!out.headers.contains_key("range") && !out.headers.contains_key("if-none-match"));
         out.pass_through(&client);
         assert_eq!(out.method, Method::HEAD);
         assert_eq!(out.headers, client.headers);
