@@ -5,11 +5,11 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::HeaderMap;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::outbound::{Outbound, Target};
 use crate::cache::policy::Timing;
 use crate::error::GatewayError;
 use crate::proxy::{Upstream, UpstreamError};
@@ -48,28 +48,21 @@ pub(super) struct Fetched {
     pub(super) timing: Timing,
 }
 
-/// Sends `outbound` (plus `extra` headers) to `upstream` and reads the body up to `limit`, all
-/// within the upstream timeout. A body that fails midway (reset, truncated) is an error: it is
-/// never served as complete, nor stored.
+/// Sends `method path_and_query` with `headers` to `upstream` and reads the body up to
+/// `limit`, all within the upstream timeout. A body that fails midway (reset, truncated) is an
+/// error: it is never served as complete, nor stored.
 pub(super) async fn fetch(
     state: &AppState,
     upstream: &Upstream,
-    outbound: &Outbound,
-    target: Option<Target<'_>>,
-    extra: Option<&HeaderMap>,
+    method: &Method,
+    path_and_query: &PathAndQuery,
+    headers: HeaderMap,
     limit: usize,
 ) -> Result<Fetched, GatewayError> {
-    let path_and_query = outbound.path_and_query(target)?;
-    let mut headers = outbound.headers.clone();
-    if let Some(extra) = extra {
-        for (name, value) in extra {
-            headers.insert(name, value.clone());
-        }
-    }
     let exchange = async {
         let request_time = SystemTime::now();
         let response = upstream
-            .send(&outbound.method, path_and_query, headers)
+            .send(method, path_and_query, headers)
             .await
             .map_err(|e| match e {
                 UpstreamError::Unreachable | UpstreamError::Failed => GatewayError::BadGateway,

@@ -120,16 +120,21 @@ async fn forward(
         .cache
         .as_ref()
         .map_or(DEFAULT_BUFFER_BYTES, |c| c.max_object_bytes());
-    let fetched = fetch(state, &route.upstream, &outbound, Some(target), None, limit).await?;
+    let path_and_query = outbound.path_and_query(Some(target))?.clone();
+    let method = outbound.method;
+    // The request's own headers move into the exchange: nothing after it needs them.
+    let fetched = fetch(
+        state,
+        &route.upstream,
+        &method,
+        &path_and_query,
+        outbound.headers,
+        limit,
+    )
+    .await?;
     let mut headers = response_headers(&fetched.parts.headers);
     if let Buffered::Complete(bytes) = &fetched.body {
-        maybe_generate_etag(
-            route,
-            &outbound.method,
-            fetched.parts.status,
-            &mut headers,
-            bytes,
-        );
+        maybe_generate_etag(route, &method, fetched.parts.status, &mut headers, bytes);
     }
     if let Some(status) = status {
         state.metrics.cache(&route.name, status.label());
@@ -222,15 +227,7 @@ impl Cached<'_> {
             },
         };
         let Some(found) = found else {
-            let fetched = fetch(
-                self.state,
-                &self.route.upstream,
-                &self.outbound,
-                self.target,
-                None,
-                self.cache.max_object_bytes(),
-            )
-            .await?;
+            let fetched = self.fill(&HeaderMap::new()).await?;
             let answer = self.keep(fetched);
             drop(flight);
             return Ok((CacheStatus::Miss, answer));
@@ -295,6 +292,25 @@ impl Cached<'_> {
         }
     }
 
+    /// Fetches a complete copy for the cache: the cache-fill request, plus `conditional`
+    /// validators when revalidating.
+    async fn fill(&self, conditional: &HeaderMap) -> Result<Fetched, GatewayError> {
+        let path_and_query = self.outbound.path_and_query(self.target)?;
+        let mut headers = self.outbound.headers.clone();
+        for (name, value) in conditional {
+            headers.insert(name, value.clone());
+        }
+        fetch(
+            self.state,
+            &self.route.upstream,
+            &self.outbound.method,
+            path_and_query,
+            headers,
+            self.cache.max_object_bytes(),
+        )
+        .await
+    }
+
     fn flight_key(&self) -> &[u8] {
         self.keys
             .private_base()
@@ -329,15 +345,7 @@ impl Cached<'_> {
                 conditional.insert(header::IF_MODIFIED_SINCE, modified.clone());
             }
         }
-        let fetched = fetch(
-            self.state,
-            &self.route.upstream,
-            &self.outbound,
-            self.target,
-            Some(&conditional),
-            self.cache.max_object_bytes(),
-        )
-        .await;
+        let fetched = self.fill(&conditional).await;
         let fetched = match fetched {
             Err(e) if entry.usable_on_error() => {
                 tracing::debug!(error = %e, "Upstream failed; serving a stale entry (stale-if-error).");
