@@ -22,6 +22,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::auth::RequireAuthLayer;
 use crate::config::{Route, RouteAction};
 use crate::error::GatewayError;
+use crate::host::PublicHostLayer;
 use crate::metrics::{RequestMetricsLayer, method_label};
 use crate::routes::publish::{self, WriteRoute};
 use crate::routes::read::{self, ReadRoute};
@@ -49,6 +50,10 @@ impl MakeRequestId for MakeRequestUuidV7 {
 /// through `route_layer`, for the same reason.
 pub fn app(state: AppState) -> Router {
     let state_metrics = state.metrics.clone();
+    let public_host = state
+        .public_host
+        .clone()
+        .map(|host| PublicHostLayer::new(host, state.trusted_proxies.clone()));
     // Group by path: axum wants one MethodRouter per path, with our 405 as its fallback.
     let mut by_path: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
     for route in state.routes.iter() {
@@ -97,7 +102,9 @@ pub fn app(state: AppState) -> Router {
         // A panic is a bug: answer 500 problem+json, keep the connection alive.
         .layer(CatchPanicLayer::custom(|_| {
             GatewayError::Internal.into_response()
-        }));
+        }))
+        // Before routing and auth: a request for another host is refused whatever its path.
+        .option_layer(public_host);
     Router::new().fallback_service(stack.service(routed))
 }
 

@@ -26,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod host;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

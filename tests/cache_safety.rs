@@ -410,6 +410,9 @@ async fn public_host_refuses_other_hosts_with_421_and_canonicalises_the_forwarde
         "a trusted proxy's X-Forwarded-Host is checked too"
     );
     assert_eq!(origin.count(), 2);
+    // Refused before routing: an unknown path is 421 too, not 404.
+    let unrouted = get(&gw.at("/nowhere"), &[("host", "evil.example")]).await;
+    assert_eq!(unrouted.status, 421);
 }
 
 // ---------------------------------------------------------------------------------------------

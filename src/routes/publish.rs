@@ -76,7 +76,6 @@ pub async fn handle(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let (mut parts, body) = request.into_parts();
-    super::check_host(&state, &parts)?;
     let identity = parts.extensions.remove::<Identity>();
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await

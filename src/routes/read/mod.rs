@@ -57,7 +57,6 @@ pub async fn handle(
 ) -> Result<Response, GatewayError> {
     // A body on GET/HEAD is never forwarded (it would be an unkeyed cache input).
     let (mut parts, _body) = request.into_parts();
-    super::check_host(&state, &parts)?;
     let params = outbound::check(&route, &mut parts).await?;
     let cache = route.target.cache.as_ref().zip(state.cache.as_ref());
     let outbound = Outbound::new(&state, &route, &parts, cache.is_some());
