@@ -6,11 +6,9 @@
 //! host compared is a trusted proxy's `X-Forwarded-Host`, else `Host`, else the HTTP/2
 //! `:authority` (port and case aside, see [`PublicHost::matches`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, Ready, ready};
 use http::Request;
@@ -19,7 +17,7 @@ use tower::{Layer, Service};
 
 use crate::config::PublicHost;
 use crate::error::GatewayError;
-use crate::proxy::{is_trusted, request_host};
+use crate::proxy::{is_trusted, peer, request_host};
 
 /// Wraps a service so that requests for another host get 421 problem+json.
 #[derive(Debug, Clone)]
@@ -69,11 +67,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let trusted = is_trusted(peer, &self.layer.trusted_proxies);
+        let trusted = is_trusted(peer(request.extensions()), &self.layer.trusted_proxies);
         let host = request_host(request.headers(), request.uri().authority(), trusted);
         if host.is_some_and(|h| self.layer.host.matches(h)) {
             Either::Right(self.inner.call(request))
@@ -86,7 +80,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::ConnectInfo;
     use std::convert::Infallible;
+    use std::net::SocketAddr;
     use tower::ServiceExt;
 
     fn service() -> impl Service<Request<()>, Response = Response, Error = Infallible> + Clone {

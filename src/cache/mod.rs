@@ -404,48 +404,40 @@ impl Cache {
         }
     }
 
-    /// Leads the flight for `key` if nobody does (a background refresh that must run once).
-    pub(crate) fn try_lead(&self, key: &[u8]) -> Option<LeaderGuard> {
+    /// Leads the flight for `key`, or hands back the running leader's completion signal.
+    fn lead(&self, key: &[u8]) -> Result<LeaderGuard, watch::Receiver<()>> {
         let mut map = match self.inflight.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if map.contains_key(key) {
-            return None;
+        if let Some(rx) = map.get(key) {
+            return Err(rx.clone());
         }
         let (tx, rx) = watch::channel(());
         map.insert(key.to_vec(), rx);
-        Some(LeaderGuard {
+        Ok(LeaderGuard {
             key: key.to_vec(),
             inflight: self.inflight.clone(),
             _done: tx,
         })
     }
 
+    /// Leads the flight for `key` if nobody does (a background refresh that must run once).
+    pub(crate) fn try_lead(&self, key: &[u8]) -> Option<LeaderGuard> {
+        self.lead(key).ok()
+    }
+
     /// Joins the flight for `key`: the first caller leads, later ones wait (at most `max_wait`)
     /// for the leader to finish.
     pub(crate) async fn join(&self, key: &[u8], max_wait: Duration) -> Flight {
-        let mut rx = {
-            let mut map = match self.inflight.lock() {
-                Ok(m) => m,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            match map.get(key) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(());
-                    map.insert(key.to_vec(), rx);
-                    return Flight::Leader(LeaderGuard {
-                        key: key.to_vec(),
-                        inflight: self.inflight.clone(),
-                        _done: tx,
-                    });
-                }
+        match self.lead(key) {
+            Ok(guard) => Flight::Leader(guard),
+            Err(mut rx) => {
+                // Resolves with Err when the leader's sender drops: that is the signal.
+                let _ = tokio::time::timeout(max_wait, rx.changed()).await;
+                Flight::Waited
             }
-        };
-        // Resolves with Err when the leader's sender drops: that is the signal.
-        let _ = tokio::time::timeout(max_wait, rx.changed()).await;
-        Flight::Waited
+        }
     }
 }
 
@@ -478,7 +470,6 @@ mod tests {
             corrected_initial_age: Duration::ZERO,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
-            immutable: false,
             drop_fields: Vec::new(),
         }
     }

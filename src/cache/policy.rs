@@ -133,8 +133,6 @@ pub(crate) struct Storable {
     /// How long past its lifetime it may be served when the origin fails (RFC 5861 §4); zero
     /// when not allowed.
     pub stale_if_error: Duration,
-    /// `immutable` (RFC 8246): no need to revalidate on a client's reload while fresh.
-    pub immutable: bool,
     /// Fields not to store: `no-cache="…"` and `private="…"` names, lower-cased, without
     /// duplicates. The caller removes them from the stored copy.
     pub drop_fields: Vec<HeaderName>,
@@ -274,7 +272,6 @@ pub(crate) fn storable(
         corrected_initial_age,
         stale_while_revalidate,
         stale_if_error,
-        immutable: d.immutable,
         drop_fields,
     })
 }
@@ -1261,16 +1258,6 @@ mod tests {
         );
         // s-maxage=0 disables the stale windows, so they do not keep it.
         assert!(ok(&[("cache-control", "s-maxage=0, stale-if-error=60")]).is_none());
-    }
-
-    #[test]
-    fn immutable_is_passed_through() {
-        assert!(
-            ok(&[("cache-control", "max-age=60, immutable")])
-                .unwrap()
-                .immutable
-        );
-        assert!(!ok(&[("cache-control", "max-age=60")]).unwrap().immutable);
     }
 
     mod fuzz {

@@ -161,6 +161,13 @@ pub(crate) fn request_host<'a>(
         .or_else(|| authority.map(|a| a.as_str().as_bytes()))
 }
 
+/// The TCP peer of a request, from the connection info the server attaches.
+pub(crate) fn peer(extensions: &http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// Whether `peer` may set `X-Forwarded-*`.
 pub(crate) fn is_trusted(peer: Option<IpAddr>, trusted_proxies: &[IpNet]) -> bool {
     peer.is_some_and(|ip| trusted_proxies.iter().any(|net| net.contains(&ip)))

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub use headers::{
     ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
 };
-pub(crate) use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted, request_host};
+pub(crate) use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted, peer, request_host};
 
 use crate::config::UpstreamConfig;
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
+use bytes::Bytes;
 use http::header;
 use http::{HeaderMap, Method, StatusCode};
 
@@ -217,7 +218,8 @@ impl Cached<'_> {
                     Answer::PassThrough(Box::new(self.outbound.clone())),
                 ));
             }
-            None => match self.cache.join(self.flight_key(), self.timeout()).await {
+            // Misses coalesce per partition the request may store into.
+            None => match self.cache.join(self.base_of(true), self.timeout()).await {
                 Flight::Leader(guard) => {
                     flight = Some(guard);
                     None
@@ -283,7 +285,8 @@ impl Cached<'_> {
         self.base_of(found.private)
     }
 
-    /// The base key of this request's private (`true`) or shared partition.
+    /// The base key of this request's private partition (with `private`, when it has one: a
+    /// request with credentials), else of the shared one.
     fn base_of(&self, private: bool) -> &[u8] {
         match self.keys.private_base() {
             Some(base) if private => base,
@@ -308,12 +311,6 @@ impl Cached<'_> {
             self.cache.max_object_bytes(),
         )
         .await
-    }
-
-    fn flight_key(&self) -> &[u8] {
-        self.keys
-            .private_base()
-            .unwrap_or_else(|| self.keys.shared_base())
     }
 
     fn timeout(&self) -> std::time::Duration {
@@ -386,7 +383,6 @@ impl Cached<'_> {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let full = headers.clone();
         match self.decide(entry.status, &headers, &fetched.timing) {
             Some((private, meta)) => {
                 if private != found.private {
@@ -397,22 +393,11 @@ impl Cached<'_> {
                     encodable: entry.meta.encodable,
                     ..meta
                 };
-                let drops = !meta.policy.drop_fields.is_empty();
-                let stored = self.cache.store(
-                    self.base_of(private),
-                    key::vary_names(&headers),
-                    &self.outbound.headers,
-                    Entry::new(entry.status, headers, entry.body.clone(), meta),
-                );
-                if drops {
-                    Answer::Upstream(entry.status, full, Body::from(entry.body.clone()))
-                } else {
-                    Answer::Stored(stored)
-                }
+                self.put(private, entry.status, headers, entry.body.clone(), meta)
             }
             None => {
                 self.cache.remove(self.base(found), &self.outbound.headers);
-                Answer::Upstream(entry.status, full, Body::from(entry.body.clone()))
+                Answer::Upstream(entry.status, headers, Body::from(entry.body.clone()))
             }
         }
     }
@@ -449,18 +434,29 @@ impl Cached<'_> {
             encodable: respond::encodable(status, &headers, &bytes),
             ..meta
         };
-        // The requester gets the whole response; the stored copy lacks the fields the origin
-        // excluded (`private="…"`, `no-cache="…"`).
+        self.put(private, status, headers, bytes, meta)
+    }
+
+    /// Stores a response in this caller's private (`true`) or the shared partition and says
+    /// what to send: the entry, or — when the origin excluded fields from storage
+    /// (`private="…"`, `no-cache="…"`) — the whole response, which this requester may see.
+    fn put(
+        &self,
+        private: bool,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        meta: Meta,
+    ) -> Answer {
         let full = (!meta.policy.drop_fields.is_empty()).then(|| headers.clone());
-        let vary = key::vary_names(&headers);
         let entry = self.cache.store(
             self.base_of(private),
-            vary,
+            key::vary_names(&headers),
             &self.outbound.headers,
-            Entry::new(status, headers, bytes.clone(), meta),
+            Entry::new(status, headers, body.clone(), meta),
         );
         match full {
-            Some(headers) => Answer::Upstream(status, headers, Body::from(bytes)),
+            Some(headers) => Answer::Upstream(status, headers, Body::from(body)),
             None => Answer::Stored(entry),
         }
     }
@@ -487,8 +483,9 @@ impl Cached<'_> {
         // Whether a request with credentials may reuse it from the shared partition (RFC
         // 9111 §3.5), whoever stored it.
         let with_credentials = decision.scope == Scope::Shared
-            && policy::storable(status, headers, true, &self.rules, timing)
-                .is_some_and(|d| d.scope == Scope::Shared);
+            && (credentials
+                || policy::storable(status, headers, true, &self.rules, timing)
+                    .is_some_and(|d| d.scope == Scope::Shared));
         let directives = policy::Directives::parse(headers);
         let owner = (decision.scope == Scope::Shared
             && !directives.public

@@ -90,7 +90,7 @@ impl Outbound {
         parts: &Parts,
         cache_fill: bool,
     ) -> Self {
-        let peer = crate::routes::peer(parts);
+        let peer = crate::proxy::peer(&parts.extensions);
         let mut headers = upstream_request_headers(
             &parts.headers,
             &ForwardContext {
