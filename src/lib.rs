@@ -17,6 +17,7 @@
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
 //! - [`template`]: `{name}` templates for routing keys, `Location` and path rewrites.
+//! - [`tls`]: TLS client settings for upstreams, JWKS URLs and the broker (one crypto provider).
 
 pub mod admin;
 pub mod amqp;
@@ -34,6 +35,7 @@ pub mod server;
 pub mod state;
 pub mod telemetry;
 pub mod template;
+pub mod tls;
 
 pub use app::app;
 pub use config::Config;

@@ -114,6 +114,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    amqp_gateway::tls::install_default_provider();
     let cli = Cli::parse();
     if let Some(Command::Check { config }) = &cli.command {
         return match load(config) {

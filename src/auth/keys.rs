@@ -293,6 +293,7 @@ mod tests {
             public_key_pem: None,
             jwks_file: None,
             jwks_url: None,
+            tls: None,
         }
     }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::route::AuthPolicy;
 use super::{Invalid, Secret, invalid};
+use crate::tls::{ClientTls, TlsSettings};
 
 /// `[auth]`: how bearer tokens are verified. Optional while every route is public.
 ///
@@ -168,9 +169,13 @@ pub struct KeyConfig {
     pub public_key_pem: Option<PathBuf>,
     /// A JWKS file, read at load time. Not for `HS*`.
     pub jwks_file: Option<PathBuf>,
-    /// An `http://` JWKS URL: fetched at start-up (start-up fails if it cannot be), then every
-    /// `auth.jwks_refresh` and on an unknown `kid`. Not for `HS*`.
+    /// A JWKS URL: fetched at start-up (start-up fails if it cannot be), then every
+    /// `auth.jwks_refresh` and on an unknown `kid`. Not for `HS*`. `https://`, or `http://` to
+    /// a loopback address only (keys fetched in plain text over a network could be swapped).
     pub jwks_url: Option<String>,
+    /// TLS for an `https://` `jwks_url` (private CA, server name, client certificate).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
 }
 
 pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
@@ -280,18 +285,46 @@ pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
             let uri: http::Uri = url
                 .parse()
                 .map_err(|_| invalid(key("jwks_url"), "not a valid URL"))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(invalid(
-                    key("jwks_url"),
-                    "must be an http://host[:port]/path URL (https is not supported yet; use a local sidecar or jwks_file)",
-                ));
+            let loopback = uri.host().is_some_and(is_loopback_host);
+            match uri.scheme_str() {
+                Some("https") if uri.authority().is_some() => {}
+                Some("http") if loopback => {}
+                Some("http") if uri.authority().is_some() => {
+                    return Err(invalid(
+                        key("jwks_url"),
+                        "plain http:// only to a loopback address; use https://",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        key("jwks_url"),
+                        "must be an https://host[:port]/path URL (or http:// to loopback)",
+                    ));
+                }
             }
+            if uri.scheme_str() == Some("https") {
+                ClientTls::load(k.tls.as_ref())
+                    .map_err(|e| invalid(key(&format!("tls.{}", e.field)), e.message))?;
+            } else if k.tls.is_some() {
+                return Err(invalid(key("tls"), "needs an https:// jwks_url"));
+            }
+        } else if k.tls.is_some() {
+            return Err(invalid(key("tls"), "only for an https:// jwks_url"));
         }
         // Parse secrets, PEMs and JWKS files now, so a bad key stops start-up (and `check`)
         // with its name instead of failing every request.
         crate::auth::keys::check_key_config(k).map_err(|(field, m)| invalid(key(field), m))?;
     }
     Ok(())
+}
+
+/// `localhost`, `127.0.0.0/8` or `[::1]`: where a plain-text JWKS fetch cannot be observed.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A claim name, or a dotted path of names (`realm_access.roles`).

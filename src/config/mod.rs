@@ -32,6 +32,8 @@ pub use route::{
 };
 pub use secret::Secret;
 
+use crate::tls::{ClientTls, TlsSettings};
+
 use auth::{validate_auth, validate_cors, validate_policy};
 use route::{RawRoute, RawRouteCors, path_shape};
 
@@ -78,7 +80,7 @@ struct RawConfig {
     #[serde(default)]
     cors: Option<CorsConfig>,
     #[serde(default)]
-    upstreams: BTreeMap<String, UpstreamConfig>,
+    upstreams: BTreeMap<String, RawUpstreamConfig>,
     #[serde(default)]
     cache: CacheSettings,
     #[serde(default)]
@@ -246,6 +248,8 @@ struct RawAmqpConfig {
     retry_after: Duration,
     #[serde(default)]
     exchanges: Vec<ExchangeConfig>,
+    #[serde(default)]
+    tls: Option<TlsSettings>,
 }
 
 const fn default_connections() -> usize {
@@ -281,6 +285,9 @@ pub struct AmqpConfig {
     pub retry_after: Duration,
     /// Exchanges declared durable at every (re)connect.
     pub exchanges: Vec<ExchangeConfig>,
+    /// TLS towards the broker: present exactly when the URL is `amqps://` (the `tls` table, or
+    /// the defaults: Mozilla roots, no client certificate).
+    pub tls: Option<ClientTls>,
 }
 
 /// `[[amqp.exchanges]]`: an exchange the gateway declares (durable, idempotent).
@@ -308,22 +315,35 @@ pub enum ExchangeKind {
     Headers,
 }
 
-/// `[upstreams.NAME]`: a load-balanced set of HTTP targets for read routes.
+/// `[upstreams.NAME]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawUpstreamConfig {
+    targets: Vec<String>,
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_upstream_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_fail_timeout", with = "humantime_serde")]
+    fail_timeout: Duration,
+    #[serde(default)]
+    tls: Option<TlsSettings>,
+}
+
+/// `[upstreams.NAME]`, validated: a load-balanced set of HTTP(S) targets.
+#[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Base URLs (`http://host:port`), at least one.
+    /// Base URLs (`http://host:port` or `https://host[:port]`), at least one.
     pub targets: Vec<String>,
     /// Whole-request timeout towards a target, headers and body. Default 5s.
-    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// TCP connect timeout; a target that fails to connect is skipped for `fail_timeout` and
-    /// the next one is tried. Default 1s, at most `timeout`.
-    #[serde(default = "default_upstream_connect_timeout", with = "humantime_serde")]
+    /// TCP (and TLS) connect timeout; a target that fails to connect is skipped for
+    /// `fail_timeout` and the next one is tried. Default 1s, at most `timeout`.
     pub connect_timeout: Duration,
     /// How long a target that failed to connect is skipped (passive health). Default 10s.
-    #[serde(default = "default_fail_timeout", with = "humantime_serde")]
     pub fail_timeout: Duration,
+    /// TLS for `https://` targets (the `tls` table, or the defaults).
+    pub tls: ClientTls,
 }
 
 const fn default_upstream_timeout() -> Duration {
@@ -477,9 +497,11 @@ impl RawConfig {
         // CORS is answered per path (a preflight names the method it will use), so routes that
         // share a path must share their CORS settings.
         let mut cors_by_path: BTreeMap<String, (Option<CorsConfig>, usize)> = BTreeMap::new();
-        for (name, upstream) in &self.upstreams {
-            validate_upstream(name, upstream)?;
-        }
+        let upstreams = self
+            .upstreams
+            .into_iter()
+            .map(|(name, raw)| Ok((name.clone(), validate_upstream(&name, raw)?)))
+            .collect::<Result<BTreeMap<_, _>, Invalid>>()?;
 
         let exchanges: BTreeSet<&str> = amqp.exchanges.iter().map(|e| e.name.as_str()).collect();
         let mut names = BTreeSet::new();
@@ -491,7 +513,7 @@ impl RawConfig {
         for (i, mut raw) in self.routes.into_iter().enumerate() {
             let key = |field: &str| format!("routes[{i}].{field}");
             let raw_cors = raw.cors.take();
-            let mut route = raw.validate(i, &exchanges, &self.upstreams)?;
+            let mut route = raw.validate(i, &exchanges, &upstreams)?;
             route.cors = match raw_cors {
                 None => self.cors.clone(),
                 Some(RawRouteCors::Enabled(false)) => None,
@@ -574,7 +596,7 @@ impl RawConfig {
             amqp,
             auth: self.auth,
             cors: self.cors,
-            upstreams: self.upstreams,
+            upstreams,
             cache: self.cache,
             routes,
         })
@@ -628,7 +650,19 @@ impl RawAmqpConfig {
                 return Err(invalid(key, format!("exchange `{name}` is declared twice")));
             }
         }
+        let amqps = self.url.expose().starts_with("amqps://");
+        let tls = match (amqps, &self.tls) {
+            (false, Some(_)) => {
+                return Err(invalid("amqp.tls", "needs an amqps:// URL"));
+            }
+            (false, None) => None,
+            (true, settings) => Some(
+                ClientTls::load(settings.as_ref())
+                    .map_err(|e| invalid(format!("amqp.tls.{}", e.field), e.message))?,
+            ),
+        };
         Ok(AmqpConfig {
+            tls,
             url: self.url,
             connections: self.connections,
             channels_per_connection: self.channels_per_connection,
@@ -640,7 +674,7 @@ impl RawAmqpConfig {
     }
 }
 
-fn validate_upstream(name: &str, upstream: &UpstreamConfig) -> Result<(), Invalid> {
+fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<UpstreamConfig, Invalid> {
     let key = format!("upstreams.{name}.targets");
     if upstream.targets.is_empty() {
         return Err(invalid(key, "at least one target is required"));
@@ -649,10 +683,10 @@ fn validate_upstream(name: &str, upstream: &UpstreamConfig) -> Result<(), Invali
         let uri: http::Uri = target
             .parse()
             .map_err(|_| invalid(&key, format!("`{target}` is not a valid URL")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
             return Err(invalid(
                 &key,
-                format!("`{target}` must be an http://host:port URL"),
+                format!("`{target}` must be an http://host:port or https://host[:port] URL"),
             ));
         }
     }
@@ -668,5 +702,13 @@ fn validate_upstream(name: &str, upstream: &UpstreamConfig) -> Result<(), Invali
             "must be greater than zero and at most `timeout`",
         ));
     }
-    Ok(())
+    let tls = ClientTls::load(upstream.tls.as_ref())
+        .map_err(|e| invalid(format!("upstreams.{name}.tls.{}", e.field), e.message))?;
+    Ok(UpstreamConfig {
+        targets: upstream.targets,
+        timeout: upstream.timeout,
+        connect_timeout: upstream.connect_timeout,
+        fail_timeout: upstream.fail_timeout,
+        tls,
+    })
 }

@@ -172,6 +172,27 @@ fn amqp_rules() {
         let err = error_of("[amqp]\n", &format!("[amqp]\n{k} = {v}\n"));
         assert_has(&err, &[&format!("amqp.{k}")]);
     }
+    assert_has(
+        &error_of("[amqp]\n", "[amqp]\ntls = { server_name = \"rabbit\" }\n"),
+        &["amqp.tls", "amqps://"],
+    );
+    let amqps = |tls: &str| {
+        BASE.replacen(
+            "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
+            &format!("url = \"amqps://guest:guest@127.0.0.1:5671/%2f\"\n{tls}"),
+            1,
+        )
+    };
+    assert!(load(&amqps("")).unwrap().amqp.tls.is_some());
+    assert!(load(&BASE).unwrap().amqp.tls.is_none());
+    assert_has(
+        &load(&amqps(
+            "tls = { client_cert_file = \"/nonexistent/c.pem\" }",
+        ))
+        .unwrap_err()
+        .to_string(),
+        &["amqp.tls.client_key_file", "required"],
+    );
 }
 
 #[test]
@@ -493,8 +514,24 @@ fn key_rules() {
             &["auth.keys[0].jwks_file", "not a JWKS"],
         ),
         (
-            key("algorithm = \"RS256\"\njwks_url = \"https://issuer.example/jwks\""),
-            &["auth.keys[0].jwks_url", "http://"],
+            key("algorithm = \"RS256\"\njwks_url = \"http://issuer.example/jwks\""),
+            &["auth.keys[0].jwks_url", "only to a loopback address"],
+        ),
+        (
+            key("algorithm = \"RS256\"\njwks_url = \"ftp://issuer.example/jwks\""),
+            &["auth.keys[0].jwks_url", "https://"],
+        ),
+        (
+            key(
+                "algorithm = \"RS256\"\njwks_url = \"https://issuer.example/jwks\"\ntls = { ca_file = \"/nonexistent/ca.pem\" }",
+            ),
+            &["auth.keys[0].tls.ca_file", "/nonexistent/ca.pem"],
+        ),
+        (
+            key(
+                "algorithm = \"RS256\"\njwks_url = \"http://127.0.0.1:1/jwks\"\ntls = { server_name = \"a\" }",
+            ),
+            &["auth.keys[0].tls", "needs an https://"],
         ),
         (
             key("algorithm = \"RS256\"\nkid = \"k\"\njwks_url = \"http://127.0.0.1:1/jwks\""),
@@ -706,6 +743,27 @@ fn upstream_rules() {
             .to_string(),
         &["upstreams.u.timeout"],
     );
+    assert_has(
+        &load(&up(
+            "[\"https://127.0.0.1:1\"]",
+            "tls = { ca_file = \"/nonexistent/ca.pem\" }",
+        ))
+        .unwrap_err()
+        .to_string(),
+        &["upstreams.u.tls.ca_file", "/nonexistent/ca.pem"],
+    );
+    assert_has(
+        &load(&up("[\"https://127.0.0.1:1\"]", "tls = { cafile = \"x\" }"))
+            .unwrap_err()
+            .to_string(),
+        &["upstreams.u.tls", "cafile"],
+    );
+    let c = load(&up(
+        "[\"https://127.0.0.1:1\"]",
+        "tls = { server_name = \"api.internal\" }",
+    ))
+    .unwrap();
+    assert!(c.upstreams["u"].tls.server_name().is_some());
     let read = "[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\"]\nauth = \"public\"\nupstream = \"missing\"\n";
     assert_has(
         &route_error(read),

@@ -17,6 +17,7 @@ use axum::body::Body;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,6 +28,8 @@ pub use headers::{
 pub(crate) use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted, peer, request_host};
 
 use crate::config::UpstreamConfig;
+use crate::tls::ClientTls;
+use rustls::ClientConfig;
 
 /// How long an idle pooled connection to a target is kept. Below typical upstream keep-alive
 /// timeouts would be ideal, but the client also retries a request whose pooled connection was
@@ -58,7 +61,7 @@ pub struct Upstream {
     next: AtomicUsize,
     timeout: Duration,
     fail_timeout: Duration,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     epoch: Instant,
 }
 
@@ -78,15 +81,18 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds clients for every upstream. Targets were validated as `http://host:port`.
+    /// Builds clients for every upstream. Targets were validated as `http(s)://host[:port]`.
     pub fn new(config: &std::collections::BTreeMap<String, UpstreamConfig>) -> Self {
         let epoch = Instant::now();
         let by_name = config
             .iter()
             .map(|(name, cfg)| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(cfg.connect_timeout));
-                connector.set_nodelay(true);
+                let mut http = HttpConnector::new();
+                http.set_connect_timeout(Some(cfg.connect_timeout));
+                http.set_nodelay(true);
+                // The TLS layer wraps the TCP connector and takes `https://` URIs.
+                http.enforce_http(false);
+                let connector = https_connector(&cfg.tls, http);
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     // Without a pool timer hyper-util never starts its idle-eviction task, and
@@ -126,6 +132,35 @@ impl Upstreams {
     /// The upstream called `name`, if configured.
     pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
         self.by_name.get(name).cloned()
+    }
+}
+
+/// `http://` as is, `https://` over TLS with `tls` (its roots, client certificate and server
+/// name); h2 when the server offers it over ALPN, else HTTP/1.1.
+fn https_connector(tls: &ClientTls, http: HttpConnector) -> HttpsConnector<HttpConnector> {
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(ClientConfig::clone(tls.config()))
+        .https_or_http();
+    let builder = match tls.server_name() {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+        None => builder,
+    };
+    builder.enable_http1().enable_http2().wrap_connector(http)
+}
+
+/// An error and its sources on one line (`client error (Connect): invalid peer certificate:
+/// UnknownIssuer`): hyper-util's own message names only the stage, the reason is a source.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -195,10 +230,10 @@ impl Upstream {
                 Err(e) if e.is_connect() => {
                     let until = self.now_ms() + self.fail_timeout.as_millis() as u64;
                     target.down_until_ms.store(until, Ordering::Relaxed);
-                    tracing::warn!(upstream = %self.name, target = %target.authority, "Upstream target failed to connect; skipping it for a while.");
+                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %Chain(&e), "Upstream target failed to connect (TCP or TLS); skipping it for a while.");
                 }
                 Err(e) => {
-                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %e, "Upstream exchange failed.");
+                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %Chain(&e), "Upstream exchange failed.");
                     return Err(UpstreamError::Failed);
                 }
             }
