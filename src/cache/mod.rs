@@ -280,6 +280,20 @@ impl Cache {
             .is_some_and(|g| g.load(Ordering::Acquire) == generation.value)
     }
 
+    /// RFC 9111 §4.4: after a non-error answer to an unsafe request, what this instance stored
+    /// for its target `path` is invalid, and so is what it stored for a same-origin
+    /// `Location` or `Content-Location` of the answer (relative references only: an absolute
+    /// URL may name another host). Other instances' copies age out within their lifetime.
+    pub fn invalidate_written<'a>(&self, path: &str, related: impl IntoIterator<Item = &'a str>) {
+        self.invalidate_path(path);
+        for reference in related {
+            if reference.starts_with('/') && !reference.starts_with("//") {
+                let path = reference.split(['?', '#']).next().unwrap_or(reference);
+                self.invalidate_path(path);
+            }
+        }
+    }
+
     /// Makes every stored response for request `path` (any route, query, variant or
     /// partition) unusable: RFC 9111 §4.4, after a successful unsafe request to that path.
     pub fn invalidate_path(&self, path: &str) {

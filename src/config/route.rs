@@ -321,11 +321,12 @@ impl RawRoute {
                 "PUT" => Method::PUT,
                 "PATCH" => Method::PATCH,
                 "DELETE" => Method::DELETE,
+                "OPTIONS" => Method::OPTIONS,
                 other => {
                     return Err(invalid(
                         key("methods"),
                         format!(
-                            "unsupported method `{other}` (GET, HEAD, POST, PUT, PATCH, DELETE; upper case)"
+                            "unsupported method `{other}` (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS; upper case)"
                         ),
                     ));
                 }
@@ -352,7 +353,7 @@ impl RawRoute {
             (Some(publish), None) => {
                 if let Some(m) = methods
                     .iter()
-                    .find(|m| matches!(**m, Method::GET | Method::HEAD))
+                    .find(|m| matches!(**m, Method::GET | Method::HEAD | Method::OPTIONS))
                 {
                     return Err(invalid(
                         key("methods"),
@@ -373,17 +374,6 @@ impl RawRoute {
                 RouteAction::Publish(publish.validate(i, &path_params, exchanges)?)
             }
             (None, Some(upstream)) => {
-                if let Some(m) = methods
-                    .iter()
-                    .find(|m| !matches!(**m, Method::GET | Method::HEAD))
-                {
-                    return Err(invalid(
-                        key("methods"),
-                        format!(
-                            "{m} cannot be proxied; read routes take GET and HEAD (writes use `publish`)"
-                        ),
-                    ));
-                }
                 if !upstreams.contains_key(&upstream) {
                     return Err(invalid(
                         key("upstream"),

@@ -57,6 +57,9 @@ pub struct ForwardContext<'a> {
     pub public_host: Option<&'a HeaderValue>,
     /// The request target's authority, for HTTP/2 requests that carry no `Host`.
     pub authority: Option<&'a http::uri::Authority>,
+    /// The request's body goes upstream (unsafe methods): its `Content-Type` goes with it.
+    /// Length and coding are the gateway's to frame (it may have decoded the body).
+    pub body: bool,
     /// Further client fields the caller handles itself (e.g. conditionals a cache answers).
     pub also_drop: &'a [HeaderName],
 }
@@ -105,9 +108,10 @@ pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) 
         NEVER_FORWARDED.contains(&n)
             || n.starts_with(IDENTITY_HEADER_PREFIX)
             || (!ctx.forward_authorization && *name == header::AUTHORIZATION)
-            // A body on a GET is never forwarded, so neither are its framing headers.
+            // A body on a GET is never forwarded, so neither are its framing headers; a
+            // forwarded body is framed anew by the client library (from the body's length).
             || *name == header::CONTENT_LENGTH
-            || *name == header::CONTENT_TYPE
+            || (*name == header::CONTENT_TYPE && !ctx.body)
             || *name == header::CONTENT_ENCODING
             || ctx.also_drop.contains(name)
             || (!trusted
@@ -207,6 +211,7 @@ mod tests {
             forward_authorization: false,
             public_host: None,
             authority: None,
+            body: false,
             also_drop: &[],
         }
     }

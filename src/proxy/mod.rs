@@ -6,6 +6,7 @@
 //! (safe: nothing was sent). Once something was sent, no retry here: the caller maps the error
 //! to 502, and the whole exchange is bounded by the upstream `timeout` (→ 504).
 
+mod body;
 mod headers;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+pub use body::{ClientBodyError, OutgoingBody};
 pub use headers::{
     ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
 };
@@ -45,6 +47,9 @@ pub enum UpstreamError {
     /// A target accepted the request but the exchange failed (reset, malformed response).
     #[error("the upstream exchange failed")]
     Failed,
+    /// The client's body could not be sent (too large, stalled, broken): the client's fault.
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
 }
 
 struct Target {
@@ -194,12 +199,15 @@ impl Upstream {
         healthy
     }
 
-    /// Sends `method path_and_query` with `headers` (already filtered) to a target.
+    /// Sends `method path_and_query` with `headers` (already filtered) and `body` to a target.
+    /// The next target is tried only after a failed connect, and only while no target has
+    /// read any of the body: a request whose body went out is never sent twice.
     pub async fn send(
         &self,
         method: &Method,
         path_and_query: &PathAndQuery,
         mut headers: HeaderMap,
+        body: &OutgoingBody,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let order = self.order();
         let last = order.len().saturating_sub(1);
@@ -211,10 +219,14 @@ impl Upstream {
                 .path_and_query(path_and_query.clone())
                 .build()
                 .map_err(|_| UpstreamError::Failed)?;
+            // After a connect failure that still read the body (it cannot): nothing to resend.
+            let Some(body) = body.attempt() else {
+                return Err(UpstreamError::Unreachable);
+            };
             let mut request = Request::builder()
                 .method(method.clone())
                 .uri(uri)
-                .body(Body::empty())
+                .body(body)
                 .map_err(|_| UpstreamError::Failed)?;
             // Only an attempt that may be followed by another needs its own copy.
             *request.headers_mut() = if attempt == last {
@@ -233,6 +245,9 @@ impl Upstream {
                     tracing::warn!(upstream = %self.name, target = %target.authority, error = %Chain(&e), "Upstream target failed to connect (TCP or TLS); skipping it for a while.");
                 }
                 Err(e) => {
+                    if let Some(cause) = ClientBodyError::find(&e) {
+                        return Err(UpstreamError::ClientBody(cause));
+                    }
                     tracing::warn!(upstream = %self.name, target = %target.authority, error = %Chain(&e), "Upstream exchange failed.");
                     return Err(UpstreamError::Failed);
                 }

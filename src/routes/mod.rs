@@ -1,6 +1,7 @@
 //! Request handlers, one module per kind of route. They talk to [`crate::amqp`] through its
 //! own types and never see lapin.
 
+mod body;
 mod encode;
 pub mod publish;
 pub mod read;

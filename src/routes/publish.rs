@@ -5,18 +5,15 @@
 //! idempotency key), and the response is written only after the broker's confirm.
 
 use std::borrow::Cow;
-use std::io::Read;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::response::Response;
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, LOCATION};
+use http::header::{CONTENT_TYPE, HeaderName, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use uuid::Uuid;
 
@@ -26,6 +23,8 @@ use crate::config::{PARAM_HEADER_PREFIX, PublishTarget};
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::telemetry::REQUEST_ID;
+
+use super::body;
 
 /// Namespace for `Idempotency-Key` → event id (UUIDv5), fixed forever: changing it would
 /// change the ids of retried requests across an upgrade.
@@ -84,7 +83,7 @@ pub async fn handle(
     let headers = &parts.headers;
     let target = &route.target;
 
-    let body = read_body(headers, body, state.max_body_bytes, state.body_read_timeout).await?;
+    let body = body::read(headers, body, state.max_body_bytes, state.body_read_timeout).await?;
     let content_type = check_content_type(headers, &parts.method, &body, target)?;
     let routing_key = render_routing_key(target, &params)?;
 
@@ -158,16 +157,7 @@ pub async fn handle(
         })
         .transpose()?;
     if let Some(cache) = &state.cache {
-        // RFC 9111 §4.4: an accepted unsafe request invalidates what this instance stored for
-        // its target URI, and for a same-origin `Location` (a path: absolute URLs may name
-        // another host). Other instances' copies age out within their freshness lifetime.
-        cache.invalidate_path(parts.uri.path());
-        if let Some(path) = location
-            .as_deref()
-            .filter(|l| l.starts_with('/') && !l.starts_with("//"))
-        {
-            cache.invalidate_path(path.split(['?', '#']).next().unwrap_or(path));
-        }
+        cache.invalidate_written(parts.uri.path(), location.as_deref());
     }
     let status = StatusCode::from_u16(target.status).unwrap_or(StatusCode::ACCEPTED);
     let mut response = Response::new(Body::from(accepted_body(event_id_text)));
@@ -201,72 +191,6 @@ fn publish_error(e: PublishError, state: &AppState, route: &str, event_id: &str)
             GatewayError::Internal
         }
     }
-}
-
-/// Reads the body under the limit and undoes `Content-Encoding: gzip`, also under the limit.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> Result<Bytes, GatewayError> {
-    let too_large = GatewayError::PayloadTooLarge { limit };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large);
-    }
-    let encoding = match headers.get_all(CONTENT_ENCODING).iter().count() {
-        0 => None,
-        1 => headers
-            .get(CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_ascii_lowercase()),
-        _ => Some(String::from("multiple")),
-    };
-    let gzip = match encoding.as_deref() {
-        None | Some("identity") => false,
-        Some("gzip" | "x-gzip") => true,
-        Some(_) => {
-            return Err(GatewayError::UnsupportedMediaType(
-                "Content-Encoding must be gzip or identity".into(),
-            ));
-        }
-    };
-    // A small body usually arrived with the head: poll once before arming a timer (a timer
-    // entry costs a lock on the timer wheel to register and again to cancel).
-    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
-    let collected = match futures_util::poll!(collect.as_mut()) {
-        Poll::Ready(collected) => collected,
-        Poll::Pending => tokio::time::timeout(timeout, collect)
-            .await
-            .map_err(|_| GatewayError::RequestTimeout)?,
-    };
-    let raw = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large),
-        Err(_) => {
-            return Err(GatewayError::BadRequest(
-                "the request body could not be read".into(),
-            ));
-        }
-    };
-    if !gzip {
-        return Ok(raw);
-    }
-    // Inflate at most limit + 1 bytes: one byte over proves the body is too large without ever
-    // holding more than the limit (a 10 KB → 10 GB bomb stops here).
-    let mut decoded = Vec::with_capacity(raw.len().saturating_mul(4).min(limit + 1));
-    flate2::read::MultiGzDecoder::new(raw.as_ref())
-        .take(limit as u64 + 1)
-        .read_to_end(&mut decoded)
-        .map_err(|_| GatewayError::BadRequest("the body is not valid gzip".into()))?;
-    if decoded.len() > limit {
-        return Err(too_large);
-    }
-    Ok(Bytes::from(decoded))
 }
 
 /// Checks `Content-Type` against the route and, for JSON types, that the body parses.
@@ -444,26 +368,6 @@ mod tests {
         let a = event_id(&h, "r").unwrap();
         assert_eq!(a.get_version_num(), 7);
         assert_ne!(a, event_id(&h, "r").unwrap());
-    }
-
-    #[tokio::test]
-    async fn gzip_bomb_stops_at_the_limit() {
-        use flate2::{Compression, write::GzEncoder};
-        use std::io::Write;
-        let mut enc = GzEncoder::new(Vec::new(), Compression::best());
-        enc.write_all(&vec![b'a'; 4 * 1024 * 1024]).unwrap();
-        let gz = enc.finish().unwrap();
-        let mut h = HeaderMap::new();
-        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let err = read_body(
-            &h,
-            Body::from(gz),
-            1024 * 1024,
-            std::time::Duration::from_secs(5),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(err, GatewayError::PayloadTooLarge { .. }));
     }
 
     mod fuzz {

@@ -19,14 +19,19 @@ pub fn base_config(amqp_url: &str) -> String {
 }
 
 /// [`base_config`] with `server_extra` lines added to `[server]` (`trusted_proxies = [...]`,
-/// `public_host = "..."`).
+/// `public_host = "..."`, `max_body_bytes = N` instead of the default 65536).
 pub fn base_config_with(amqp_url: &str, server_extra: &str) -> String {
+    let max_body = if server_extra.contains("max_body_bytes") {
+        ""
+    } else {
+        "max_body_bytes = 65536"
+    };
     format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:1"
-max_body_bytes = 65536
+{max_body}
 shutdown_timeout = "5s"
 {server_extra}
 

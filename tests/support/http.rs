@@ -78,6 +78,25 @@ pub async fn send<'a>(
     url: &str,
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Answer {
+    exchange(method, url, headers, None).await
+}
+
+/// [`send`] with a request body (`reqwest::Body::wrap_stream` for a chunked one).
+pub async fn send_body<'a>(
+    method: Method,
+    url: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: reqwest::Body,
+) -> Answer {
+    exchange(method, url, headers, Some(body)).await
+}
+
+async fn exchange<'a>(
+    method: Method,
+    url: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    body: Option<reqwest::Body>,
+) -> Answer {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         map.append(
@@ -86,9 +105,11 @@ pub async fn send<'a>(
         );
     }
     let started = std::time::Instant::now();
-    let res = client()
-        .request(method, url)
-        .headers(map)
+    let mut request = client().request(method, url).headers(map);
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let res = request
         .send()
         .await
         .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));

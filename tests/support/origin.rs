@@ -48,6 +48,10 @@ pub struct Seen {
     pub uri: String,
     /// Request headers, values as the bytes received.
     pub headers: HeaderMap,
+    /// The request body, as far as it arrived.
+    pub body: Bytes,
+    /// Whether the whole body arrived (false: the sender aborted it midway).
+    pub complete: bool,
 }
 
 impl Seen {
@@ -262,10 +266,18 @@ impl Origin {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (body, complete) = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => (bytes, true),
+        Err(_) => (Bytes::new(), false),
+    };
+    let request = Request::from_parts(parts, axum::body::Body::empty());
     let seen = Seen {
         method: request.method().to_string(),
         uri: request.uri().to_string(),
         headers: request.headers().clone(),
+        body,
+        complete,
     };
     shared.seen.lock().unwrap().push(seen.clone());
     match &shared.script {

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::cache::policy::Timing;
 use crate::error::GatewayError;
-use crate::proxy::{Upstream, UpstreamError};
+use crate::proxy::{OutgoingBody, Upstream};
 use crate::state::AppState;
 
 /// A body read up to a limit.
@@ -62,11 +62,9 @@ pub(super) async fn fetch(
     let exchange = async {
         let request_time = SystemTime::now();
         let response = upstream
-            .send(method, path_and_query, headers)
+            .send(method, path_and_query, headers, &OutgoingBody::empty())
             .await
-            .map_err(|e| match e {
-                UpstreamError::Unreachable | UpstreamError::Failed => GatewayError::BadGateway,
-            })?;
+            .map_err(|_| GatewayError::BadGateway)?;
         let timing = Timing {
             request_time,
             response_time: SystemTime::now(),

@@ -1,5 +1,6 @@
-//! The read handler: GET/HEAD proxied to an upstream, through the shared cache on routes that
-//! have one. One pipeline, one owner per step:
+//! The handler of upstream routes: GET/HEAD proxied to an upstream, through the shared cache on
+//! routes that have one; unsafe methods relayed without it ([`relay`]). The read pipeline,
+//! one owner per step:
 //!
 //! 1. request checks and 2. the upstream request, headers built once ([`outbound`]);
 //! 3. cache lookup — keys, `Vary`, credentials ([`crate::cache`]);
@@ -11,6 +12,7 @@
 
 mod fetch;
 mod outbound;
+mod relay;
 mod respond;
 
 use std::sync::Arc;
@@ -50,12 +52,15 @@ pub struct ReadRoute {
     pub catch_all: Option<String>,
 }
 
-/// Handles one read request.
+/// Handles one request on an upstream route.
 pub async fn handle(
     state: AppState,
     route: Arc<ReadRoute>,
     request: Request,
 ) -> Result<Response, GatewayError> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return relay::handle(&state, &route, request).await;
+    }
     // A body on GET/HEAD is never forwarded (it would be an unkeyed cache input).
     let (mut parts, _body) = request.into_parts();
     let params = outbound::check(&route, &mut parts).await?;

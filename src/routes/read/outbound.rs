@@ -99,6 +99,7 @@ impl Outbound {
                 forward_authorization: route.target.forward_authorization,
                 public_host: state.public_host.as_ref().map(|h| &h.header),
                 authority: parts.uri.authority(),
+                body: !matches!(parts.method, Method::GET | Method::HEAD),
                 also_drop: if cache_fill { &ANSWERED_BY_CACHE } else { &[] },
             },
         );
