@@ -7,6 +7,8 @@
 //!                            answers If-None-Match with 304
 //! GET /api/catalog/{*rest}   JSON without an ETag (the gateway generates one), max-age=60
 //! GET /api/big               ~100 KB JSON, no ETag, max-age=60
+//! POST /api/auth/login       {"username","password"} -> 200 {"session": ...} + Set-Cookie,
+//!                            401 for a wrong password (demo: the password is "demo")
 //! GET /healthz               200
 //! ```
 
@@ -88,6 +90,31 @@ async fn big() -> Response {
         .into_response()
 }
 
+/// A synchronous write: the client needs the answer now, so the gateway proxies it.
+async fn login(body: axum::body::Bytes) -> Response {
+    let credentials: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let user = credentials["username"].as_str().unwrap_or_default();
+    if user.is_empty() || credentials["password"].as_str() != Some("demo") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({ "error": "invalid credentials" })),
+        )
+            .into_response();
+    }
+    let session = format!("demo-session-{user}");
+    (
+        [
+            (
+                header::SET_COOKIE,
+                format!("session={session}; Path=/; HttpOnly; SameSite=Strict"),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        axum::Json(json!({ "user": user, "session": session })),
+    )
+        .into_response()
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
@@ -95,6 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/api/users/{id}", get(get_user))
         .route("/api/catalog/{*rest}", get(catalog))
         .route("/api/big", get(big))
+        .route("/api/auth/login", axum::routing::post(login))
         .route("/healthz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!(

@@ -372,6 +372,9 @@ Paste these in another terminal; the events appear below, prefixed [consumer]:
   TOKEN=\$($MINT_BIN --sub alice --roles admin --email alice@example.com)
   curl -i -X POST $BASE/admin/users/42/ban -H "Authorization: Bearer \$TOKEN" -H '$JSON' -d '{"reason":"spam"}'
 
+  # a synchronous write (login), proxied to the backing service: its status, Set-Cookie and body
+  curl -i -X POST $BASE/auth/login -H '$JSON' -d '{"username":"ada","password":"demo"}'
+
   # readiness (200 once the publishing channels are up)
   curl -s $ADMIN/readyz
 
@@ -447,6 +450,14 @@ if token=$("$MINT_BIN" --sub alice --roles admin --email alice@example.com); the
 else
     fail "mint_token failed"
 fi
+
+request "POST /auth/login (proxied)" 200 -X POST "$BASE/auth/login" -H "$JSON" -d '{"username":"ada","password":"demo"}'
+if grep -qi '^set-cookie: session=demo-session-ada' <<<"$HEADERS" && [[ $BODY == *'"session":"demo-session-ada"'* ]]; then
+    ok "login: Set-Cookie and body from the backing service"
+else
+    fail "login: expected the service's Set-Cookie and body; headers: $HEADERS body: $BODY"
+fi
+request "POST /auth/login with a wrong password (proxied)" 401 -X POST "$BASE/auth/login" -H "$JSON" -d '{"username":"ada","password":"nope"}'
 
 x_cache() { sed -n 's/^[Xx]-[Cc]ache: *//p' <<<"$HEADERS"; }
 request "GET /users/42 (first)" 200 "$BASE/users/42"

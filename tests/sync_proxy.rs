@@ -118,6 +118,13 @@ async fn unsafe_methods_carry_bodies_there_and_answers_back() {
             "{method} {len}: the origin got another body"
         );
         assert_eq!(seen.text("content-type"), "application/octet-stream");
+        assert!(
+            seen.raw("transfer-encoding").is_none(),
+            "{method} {len}: a declared length is sent as one, not chunked"
+        );
+        if len > 0 {
+            assert_eq!(seen.text("content-length"), len.to_string());
+        }
     }
     assert_eq!(
         origin.count(),

@@ -51,6 +51,10 @@ impl ClientBodyError {
 pub struct OutgoingBody {
     /// `None` for a request without a body (every attempt sends an empty one).
     slot: Option<Arc<Slot>>,
+    /// The client body's length hint and emptiness, taken before wrapping (the timeout
+    /// wrapper hides them), so the upstream request is framed as the client's was.
+    hint: SizeHint,
+    empty: bool,
 }
 
 type Slot = Mutex<Option<Body>>;
@@ -58,12 +62,18 @@ type Slot = Mutex<Option<Body>>;
 impl OutgoingBody {
     /// No body: safe to send to any number of targets.
     pub fn empty() -> Self {
-        Self { slot: None }
+        Self {
+            slot: None,
+            hint: SizeHint::with_exact(0),
+            empty: true,
+        }
     }
 
     /// The client's body: sent to at most one target that reads it, cut off past `limit`
     /// bytes or after `idle` without data, with the cause kept as a [`ClientBodyError`].
     pub fn new(body: Body, limit: usize, idle: Duration) -> Self {
+        let hint = http_body::Body::size_hint(&body);
+        let empty = http_body::Body::is_end_stream(&body);
         let body = TimeoutBody::new(idle, Limited::new(body, limit)).map_err(|e| {
             let e: &(dyn std::error::Error + 'static) = &*e;
             let cause = if e.is::<TimeoutError>() {
@@ -77,6 +87,8 @@ impl OutgoingBody {
         });
         Self {
             slot: Some(Arc::new(Mutex::new(Some(Body::new(body))))),
+            hint,
+            empty,
         }
     }
 
@@ -87,6 +99,8 @@ impl OutgoingBody {
             Some(slot) if lock(slot).is_some() => Some(Body::new(Attempt {
                 slot: slot.clone(),
                 body: None,
+                hint: self.hint.clone(),
+                empty: self.empty,
             })),
             Some(_) => None,
         }
@@ -102,6 +116,8 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Body>> {
 struct Attempt {
     slot: Arc<Slot>,
     body: Option<Body>,
+    hint: SizeHint,
+    empty: bool,
 }
 
 impl http_body::Body for Attempt {
@@ -124,18 +140,14 @@ impl http_body::Body for Attempt {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.body {
-            Some(body) => body.is_end_stream(),
-            None => lock(&self.slot).as_ref().is_some_and(|b| b.is_end_stream()),
-        }
+        self.empty
     }
 
     fn size_hint(&self) -> SizeHint {
+        // Read once, before the first frame, to frame the request (Content-Length or chunked).
         match &self.body {
-            Some(body) => body.size_hint(),
-            None => lock(&self.slot)
-                .as_ref()
-                .map_or_else(SizeHint::default, |b| b.size_hint()),
+            None => self.hint.clone(),
+            Some(_) => SizeHint::default(),
         }
     }
 }
@@ -150,9 +162,10 @@ mod tests {
         let outgoing = OutgoingBody::new(Body::from("payload"), 100, Duration::from_secs(5));
         // A first attempt that never reads (its connect failed) leaves the body in place.
         let first = outgoing.attempt().unwrap();
-        assert_eq!(first.size_hint().exact(), Some(7));
+        assert_eq!(http_body::Body::size_hint(&first).exact(), Some(7));
         drop(first);
         let second = outgoing.attempt().unwrap();
+        assert!(!http_body::Body::is_end_stream(&second));
         assert_eq!(second.collect().await.unwrap().to_bytes(), "payload");
         assert!(
             outgoing.attempt().is_none(),
@@ -187,6 +200,7 @@ mod tests {
         let outgoing = OutgoingBody::empty();
         for _ in 0..2 {
             let body = outgoing.attempt().unwrap();
+            assert!(http_body::Body::is_end_stream(&body));
             assert!(body.collect().await.unwrap().to_bytes().is_empty());
         }
     }
