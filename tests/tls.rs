@@ -190,6 +190,33 @@ async fn mtls_origin_accepts_the_configured_client_certificate() {
     assert_eq!(a.json()["client_cert"], true, "{}", a.text());
 }
 
+/// With TLS 1.3 the server checks the client certificate after the client's side of the
+/// handshake has finished, so its refusal (alert `certificate_required`) reaches the gateway
+/// as a failed exchange, not a connect error: today the target is neither skipped nor is the
+/// next one tried, and every other request is a 502 (src/proxy classifies by `is_connect()`).
+#[tokio::test]
+#[ignore = "proxy: a TLS 1.3 client-certificate refusal is not treated as a connect failure"]
+async fn mtls_refusal_by_one_target_fails_over_to_the_next() {
+    let pki = Pki::new();
+    let strict = mtls_origin(&pki).await;
+    let open = TlsOrigin::start(OriginOptions::new(&pki.server)).await;
+    let sections = format!(
+        "\n[upstreams.o]\ntargets = [\"{}\", \"{}\"]\ntimeout = \"2s\"\nconnect_timeout = \"300ms\"\ntls = {{ {} }}\n{}",
+        strict.url,
+        open.url,
+        ca(&pki),
+        read_route("r", "/r/{*rest}", "o", "")
+    );
+    let gw = TestGateway::reads("", &sections).await;
+    for i in 0..4 {
+        let a = get(&gw.at("/r/x"), &[]).await;
+        assert_eq!(a.status, 200, "request {i}: {}", a.text());
+    }
+    assert_eq!(strict.requests(), 0);
+    assert_eq!(open.requests(), 4);
+    gw.shutdown().await;
+}
+
 /// A JWKS holding `rsa2.pub.pem` (RS256) under kid `j1`.
 fn jwks_doc() -> String {
     let key = DecodingKey::from_rsa_pem(&pem("rsa2.pub.pem")).unwrap();
