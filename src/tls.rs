@@ -5,10 +5,16 @@
 //! One crypto provider for the whole binary: aws-lc-rs (see `Cargo.toml`). Every config is
 //! built with that provider passed explicitly, so nothing depends on a process-wide default;
 //! [`install_default_provider`] also installs it as the default for libraries that ask for one.
+//!
+//! [`https_connector`] turns a [`ClientTls`] into the hyper connector of an HTTP client
+//! (upstreams, JWKS URLs); [`ErrorChain`] prints a connect error with the TLS reason that
+//! hyper nests among its sources.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::ClientConfig;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -158,6 +164,38 @@ impl ClientTls {
     /// The configured `server_name`, when it overrides the URL's host.
     pub fn server_name(&self) -> Option<&ServerName<'static>> {
         self.server_name.as_ref()
+    }
+}
+
+/// A connector for `http://` (as is) and `https://` URIs, the latter over TLS with `tls` (its
+/// roots, client certificate and `server_name`, which replaces the URI's host for SNI and
+/// certificate verification). h2 when the server offers it over ALPN, else HTTP/1.1. `http`
+/// is the TCP connector (timeouts, nodelay); it is set to accept `https://` URIs.
+pub fn https_connector(tls: &ClientTls, mut http: HttpConnector) -> HttpsConnector<HttpConnector> {
+    http.enforce_http(false);
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(ClientConfig::clone(tls.config()))
+        .https_or_http();
+    let builder = match tls.server_name() {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+        None => builder,
+    };
+    builder.enable_http1().enable_http2().wrap_connector(http)
+}
+
+/// An error and its sources on one line (`client error (Connect): invalid peer certificate:
+/// UnknownIssuer`): hyper-util's own message names only the stage, the TLS reason is a source.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
     }
 }
 

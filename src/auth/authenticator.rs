@@ -17,6 +17,7 @@ use super::identity::{ClaimPath, Claims, Identity};
 use super::jwks::{JwksTiming, Refreshed, RemoteJwks};
 use super::keys::{KeySet, VerifyKey, algorithm, load_static};
 use crate::config::{AUTH_HEADER_PREFIX, AuthConfig, JWT_ALGORITHMS};
+use crate::tls::ClientTls;
 
 /// Tokens longer than this are refused before any decoding (scenario 52).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -133,12 +134,17 @@ impl Authenticator {
                     key: format!("auth.keys[{i}].algorithm"),
                     message: format!("unsupported `{}`", key.algorithm),
                 })?;
-                let remote = RemoteJwks::start(i, url, alg, timing)
-                    .await
-                    .map_err(|message| AuthStartError {
-                        key: format!("auth.keys[{i}].jwks_url"),
-                        message: format!("initial fetch of {url} failed: {message}"),
-                    })?;
+                let tls = ClientTls::load(key.tls.as_ref()).map_err(|e| AuthStartError {
+                    key: format!("auth.keys[{i}].tls.{}", e.field),
+                    message: e.message,
+                })?;
+                let remote =
+                    RemoteJwks::start(i, url, alg, &tls, timing)
+                        .await
+                        .map_err(|message| AuthStartError {
+                            key: format!("auth.keys[{i}].jwks_url"),
+                            message: format!("initial fetch of {url} failed: {message}"),
+                        })?;
                 remotes.push(Arc::new(remote));
             } else {
                 let keys = load_static(key).map_err(|(field, message)| AuthStartError {

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::keys::{KeySet, MAX_JWKS_BYTES, parse_jwks};
+use crate::tls::{ClientTls, ErrorChain, https_connector};
 
 /// Settings shared by every JWKS URL (from `[auth]`).
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +42,8 @@ pub(crate) struct RemoteJwks {
     pub(crate) alg: Algorithm,
     keys: ArcSwap<KeySet>,
     timing: JwksTiming,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// `http://` (loopback only, checked at config time) or `https://` with the key's `tls`.
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// Time base for `last_attempt_ms`.
     epoch: Instant,
     /// When the last fetch started, in ms after `epoch` (+1, so 0 means never).
@@ -69,17 +72,19 @@ pub(crate) enum Refreshed {
 }
 
 impl RemoteJwks {
-    /// Fetches `url` once; fails when it cannot be fetched or holds no usable key.
+    /// Fetches `url` once; fails when it cannot be fetched or holds no usable key. An
+    /// `https://` URL is fetched over TLS with `tls` (the key's `tls` table, or the defaults).
     pub(crate) async fn start(
         index: usize,
         url: &str,
         alg: Algorithm,
+        tls: &ClientTls,
         timing: JwksTiming,
     ) -> Result<Self, String> {
         let url: Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timing.timeout));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(timing.timeout));
+        let client = Client::builder(TokioExecutor::new()).build(https_connector(tls, http));
         let now = Instant::now();
         let remote = RemoteJwks {
             index,
@@ -211,7 +216,9 @@ impl RemoteJwks {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("request failed: {e}"))?;
+                // The reason (`invalid peer certificate: UnknownIssuer`, `Connection
+                // refused`) is among the error's sources, not in its own message.
+                .map_err(|e| format!("request failed: {}", ErrorChain(&e)))?;
             if response.status() != StatusCode::OK {
                 return Err(format!("status {}", response.status().as_u16()));
             }

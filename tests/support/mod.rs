@@ -19,6 +19,8 @@
 //!   bytes) returning an [`http::Answer`], and HTTP dates in IMF-fixdate, RFC 850 and asctime
 //!   forms ([`http::imf_fixdate`], [`http::rfc850`], [`http::asctime`]).
 //! * [`poll`] — [`poll::eventually`]: poll a condition with a deadline instead of sleeping.
+//! * [`tls`] — a throwaway PKI (rcgen) as PEM files and [`tls::TlsOrigin`], an https origin
+//!   that echoes the HTTP version and client certificate it saw.
 //! * [`tokens`] — test bearer tokens (HS256 and the fixture keys) and the `[auth]` section
 //!   that verifies them.
 //! * [`load`] — timed writes ([`load::post_event`]), concurrent writers recording every
@@ -66,6 +68,7 @@ pub mod nginx;
 pub mod origin;
 pub mod poll;
 pub mod process;
+pub mod tls;
 pub mod tokens;
 
 pub use amqp::{TestQueue, unique_name};
