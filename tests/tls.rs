@@ -192,10 +192,9 @@ async fn mtls_origin_accepts_the_configured_client_certificate() {
 
 /// With TLS 1.3 the server checks the client certificate after the client's side of the
 /// handshake has finished, so its refusal (alert `certificate_required`) reaches the gateway
-/// as a failed exchange, not a connect error: today the target is neither skipped nor is the
-/// next one tried, and every other request is a 502 (src/proxy classifies by `is_connect()`).
+/// on the request, not the connect; the server read nothing, so the target is skipped like
+/// one that refused the connection and the next one answers.
 #[tokio::test]
-#[ignore = "proxy: a TLS 1.3 client-certificate refusal is not treated as a connect failure"]
 async fn mtls_refusal_by_one_target_fails_over_to_the_next() {
     let pki = Pki::new();
     let strict = mtls_origin(&pki).await;

@@ -99,7 +99,7 @@ impl OutgoingBody {
             Some(slot) if lock(slot).is_some() => Some(Body::new(Attempt {
                 slot: slot.clone(),
                 body: None,
-                hint: self.hint.clone(),
+                hint: self.hint,
                 empty: self.empty,
             })),
             Some(_) => None,
@@ -146,7 +146,7 @@ impl http_body::Body for Attempt {
     fn size_hint(&self) -> SizeHint {
         // Read once, before the first frame, to frame the request (Content-Length or chunked).
         match &self.body {
-            None => self.hint.clone(),
+            None => self.hint,
             Some(_) => SizeHint::default(),
         }
     }

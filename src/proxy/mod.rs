@@ -18,7 +18,7 @@ use axum::body::Body;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -30,8 +30,7 @@ pub use headers::{
 pub(crate) use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted, peer, request_host};
 
 use crate::config::UpstreamConfig;
-use crate::tls::ClientTls;
-use rustls::ClientConfig;
+use crate::tls::{ErrorChain, https_connector};
 
 /// How long an idle pooled connection to a target is kept. Below typical upstream keep-alive
 /// timeouts would be ideal, but the client also retries a request whose pooled connection was
@@ -95,8 +94,6 @@ impl Upstreams {
                 let mut http = HttpConnector::new();
                 http.set_connect_timeout(Some(cfg.connect_timeout));
                 http.set_nodelay(true);
-                // The TLS layer wraps the TCP connector and takes `https://` URIs.
-                http.enforce_http(false);
                 let connector = https_connector(&cfg.tls, http);
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -140,33 +137,21 @@ impl Upstreams {
     }
 }
 
-/// `http://` as is, `https://` over TLS with `tls` (its roots, client certificate and server
-/// name); h2 when the server offers it over ALPN, else HTTP/1.1.
-fn https_connector(tls: &ClientTls, http: HttpConnector) -> HttpsConnector<HttpConnector> {
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(ClientConfig::clone(tls.config()))
-        .https_or_http();
-    let builder = match tls.server_name() {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
-        None => builder,
-    };
-    builder.enable_http1().enable_http2().wrap_connector(http)
-}
-
-/// An error and its sources on one line (`client error (Connect): invalid peer certificate:
-/// UnknownIssuer`): hyper-util's own message names only the stage, the reason is a source.
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
+/// Whether a TLS error sits in `error`'s source chain: rustls reports every TLS failure (a
+/// refused certificate, an alert from the peer) as an `io::Error` of kind `InvalidData`, which
+/// over h2 reaches us re-created from its message, so the kind is what survives.
+fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>()
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
         }
-        Ok(())
+        next = e.source();
     }
+    false
 }
 
 impl Upstream {
@@ -239,16 +224,21 @@ impl Upstream {
                     target.down_until_ms.store(0, Ordering::Relaxed);
                     return Ok(response);
                 }
-                Err(e) if e.is_connect() => {
+                // A TLS 1.3 server refuses a client certificate only after the client's half of
+                // the handshake: the error surfaces on the request, yet the server never read
+                // it, so it is a failed connect as well.
+                Err(e)
+                    if e.is_connect() || (target.scheme == Scheme::HTTPS && is_tls_refusal(&e)) =>
+                {
                     let until = self.now_ms() + self.fail_timeout.as_millis() as u64;
                     target.down_until_ms.store(until, Ordering::Relaxed);
-                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %Chain(&e), "Upstream target failed to connect (TCP or TLS); skipping it for a while.");
+                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %ErrorChain(&e), "Upstream target failed to connect (TCP or TLS); skipping it for a while.");
                 }
                 Err(e) => {
                     if let Some(cause) = ClientBodyError::find(&e) {
                         return Err(UpstreamError::ClientBody(cause));
                     }
-                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %Chain(&e), "Upstream exchange failed.");
+                    tracing::warn!(upstream = %self.name, target = %target.authority, error = %ErrorChain(&e), "Upstream exchange failed.");
                     return Err(UpstreamError::Failed);
                 }
             }
