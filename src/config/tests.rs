@@ -184,7 +184,7 @@ fn amqp_rules() {
         )
     };
     assert!(load(&amqps("")).unwrap().amqp.tls.is_some());
-    assert!(load(&BASE).unwrap().amqp.tls.is_none());
+    assert!(load(BASE).unwrap().amqp.tls.is_none());
     assert_has(
         &load(&amqps(
             "tls = { client_cert_file = \"/nonexistent/c.pem\" }",
