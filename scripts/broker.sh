@@ -9,7 +9,7 @@
 # tests can never steal them between picking and binding).
 #
 # Usage:
-#   scripts/broker.sh start DIR [--watch-pid PID]
+#   scripts/broker.sh start DIR [--watch-pid PID] [--tls CERTDIR]
 #       Boot a node whose state lives in DIR (created when missing; must not
 #       already hold a node) and wait until it accepts AMQP connections
 #       (deadline: $BROKER_BOOT_TIMEOUT seconds, default 60). On success,
@@ -19,6 +19,19 @@
 #         AMQP_TEST_NODE_HOME  HOME holding the node's .erlang.cookie
 #         AMQP_TEST_EPMD_PORT  the node's private epmd port (ERL_EPMD_PORT)
 #         AMQP_TEST_BROKER_DIR DIR
+#       and, with --tls:
+#         AMQP_TEST_TLS_PORT   the amqps listener's port (127.0.0.1)
+#         AMQP_TEST_TLS_URL    amqps://guest:guest@127.0.0.1:TLSPORT/%2f
+#       With --tls CERTDIR, the node also gets an amqps listener on a free
+#       loopback port, next to the plain one. CERTDIR must hold, in PEM:
+#         ca.pem       the CA(s) that client certificates are checked against
+#         server.pem   the node's certificate (chain)
+#         server.key   its private key
+#       They are copied into DIR/tls (the node never reads CERTDIR again).
+#       Peers are verified when they present a certificate (verify_peer), but
+#       need not present one (fail_if_no_peer_cert = false): plain TLS and
+#       client-certificate clients both connect. `start` returns once the
+#       amqps port accepts connections too (so does `up`).
 #       Progress and errors go to stderr; on failure it prints the tail of
 #       the node's logs, cleans up what it started, and exits non-zero.
 #       With --watch-pid, a detached watchdog stops the node and removes DIR
@@ -156,6 +169,10 @@ print_exports() {
     if [[ -n ${B_MGMT_PORT:-} ]]; then
         printf 'export AMQP_TEST_MGMT_URL=%q\n' "http://127.0.0.1:$B_MGMT_PORT"
     fi
+    if [[ -n ${B_TLS_PORT:-} ]]; then
+        printf 'export AMQP_TEST_TLS_PORT=%q\n' "$B_TLS_PORT"
+        printf 'export AMQP_TEST_TLS_URL=%q\n' "amqps://guest:guest@127.0.0.1:$B_TLS_PORT/%2f"
+    fi
 }
 
 show_logs() {
@@ -234,16 +251,19 @@ boot_server() {
     else
         terminate "$wait_pid" 2
     fi
-    # The AMQP listener must accept connections too (it is opened late in
-    # the boot sequence; `wait` already covers it, this is a cheap check).
-    if [[ -z $failure ]]; then
+    # The AMQP listeners must accept connections too (they are opened late
+    # in the boot sequence; `wait` already covers them, this is a cheap
+    # check), the amqps one included when there is one.
+    local port
+    for port in "$B_NODE_PORT" ${B_TLS_PORT:+"$B_TLS_PORT"}; do
+        [[ -z $failure ]] || break
         for ((i = 0; i < 100; i++)); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null && break
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
             sleep 0.05
         done
-        (exec 3<>"/dev/tcp/127.0.0.1/$B_NODE_PORT") 2>/dev/null ||
-            failure="AMQP port $B_NODE_PORT does not accept connections"
-    fi
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
+            failure="AMQP port $port does not accept connections"
+    done
     if [[ -n $failure ]]; then
         echo "$failure"
         return 1
@@ -251,7 +271,7 @@ boot_server() {
 }
 
 cmd_start() {
-    local dir=${1:-} watch_pid=""
+    local dir=${1:-} watch_pid="" certdir=""
     [[ -n $dir ]] || usage
     shift
     while (($#)); do
@@ -260,9 +280,19 @@ cmd_start() {
             watch_pid=${2:?--watch-pid needs a PID}
             shift 2
             ;;
+        --tls)
+            certdir=${2:?--tls needs a directory holding ca.pem, server.pem and server.key}
+            shift 2
+            ;;
         *) usage ;;
         esac
     done
+    if [[ -n $certdir ]]; then
+        local f
+        for f in ca.pem server.pem server.key; do
+            [[ -r $certdir/$f ]] || die "--tls $certdir: $f is missing or unreadable"
+        done
+    fi
 
     [[ -x $RABBITMQ_BIN_DIR/rabbitmq-server ]] ||
         die "$RABBITMQ_BIN_DIR/rabbitmq-server not found; install it: apt-get install -y rabbitmq-server"
@@ -286,9 +316,13 @@ cmd_start() {
         [[ $p =~ ^[a-z0-9_]+$ ]] || die "BROKER_PLUGINS: bad plugin name '$p'"
         plugins+="${plugins:+,}$p"
     done
+    B_TLS_PORT=""
+    if [[ -n $certdir ]]; then
+        B_TLS_PORT=$(pick_port "$B_NODE_PORT" "$B_DIST_PORT" "$B_EPMD_PORT")
+    fi
     B_MGMT_PORT=""
     if [[ ,$plugins, == *,rabbitmq_management,* ]]; then
-        B_MGMT_PORT=${BROKER_MGMT_PORT:-$(pick_port "$B_NODE_PORT" "$B_DIST_PORT" "$B_EPMD_PORT")}
+        B_MGMT_PORT=${BROKER_MGMT_PORT:-$(pick_port "$B_NODE_PORT" "$B_DIST_PORT" "$B_EPMD_PORT" ${B_TLS_PORT:+"$B_TLS_PORT"})}
         [[ $B_MGMT_PORT =~ ^[0-9]+$ ]] || die "BROKER_MGMT_PORT must be a port number"
     fi
 
@@ -311,6 +345,24 @@ EOF
     if [[ -n $B_MGMT_PORT ]]; then
         printf 'management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = %s\n' "$B_MGMT_PORT" >>"$dir/rabbitmq.conf"
     fi
+    if [[ -n $B_TLS_PORT ]]; then
+        # Copied, so that the node (and `up`) does not depend on CERTDIR
+        # staying around; the key readable by its owner only.
+        mkdir -p "$dir/tls"
+        cp "$certdir/ca.pem" "$certdir/server.pem" "$dir/tls/"
+        (umask 077 && cp "$certdir/server.key" "$dir/tls/server.key")
+        cat >>"$dir/rabbitmq.conf" <<EOF
+# amqps next to amqp (broker.sh start --tls). verify_peer checks a client
+# certificate when one is presented; fail_if_no_peer_cert = false lets
+# clients without one connect too.
+listeners.ssl.default = 127.0.0.1:$B_TLS_PORT
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
+    fi
     {
         printf 'B_DIR=%q\n' "$B_DIR"
         printf 'B_NODE=%q\n' "$B_NODE"
@@ -318,11 +370,12 @@ EOF
         printf 'B_DIST_PORT=%q\n' "$B_DIST_PORT"
         printf 'B_EPMD_PORT=%q\n' "$B_EPMD_PORT"
         printf 'B_MGMT_PORT=%q\n' "$B_MGMT_PORT"
+        printf 'B_TLS_PORT=%q\n' "$B_TLS_PORT"
     } >"$dir/broker.env"
 
     local t0
     t0=$(now_ms)
-    log "booting $B_NODE (amqp 127.0.0.1:$B_NODE_PORT, dist $B_DIST_PORT, epmd $B_EPMD_PORT${B_MGMT_PORT:+, management http $B_MGMT_PORT}) in $dir"
+    log "booting $B_NODE (amqp 127.0.0.1:$B_NODE_PORT${B_TLS_PORT:+, amqps 127.0.0.1:$B_TLS_PORT}, dist $B_DIST_PORT, epmd $B_EPMD_PORT${B_MGMT_PORT:+, management http $B_MGMT_PORT}) in $dir"
 
     # Everything is started with setsid and no inherited stdio: a terminal's
     # Ctrl-C must not kill it half-way, and `$(broker.sh start ...)` or

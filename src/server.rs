@@ -61,7 +61,9 @@ pub async fn run(
         Some(auth) => Some(crate::auth::Authenticator::start(auth).await?),
         None => None,
     };
-    let channels = ChannelSet::start(PoolSettings::from(&config.amqp)).map_err(RunError::Amqp)?;
+    let channels = PoolSettings::try_from(&config.amqp)
+        .and_then(ChannelSet::start)
+        .map_err(RunError::Amqp)?;
     let draining = Arc::new(AtomicBool::new(false));
     let caches = config
         .routes

@@ -1,9 +1,9 @@
 //! [`ChannelSet`]: `connections` × `channels_per_connection` long-lived confirm-mode channels,
 //! shared by every request.
 //!
-//! deadpool-lapin pools connections only, and its recycling checks nothing but
-//! `status().connected()`; channels are ours. Each connection slot has a supervisor task that
-//! takes a connection from the deadpool pool, opens its channels in confirm mode, declares the
+//! The deadpool pool holds connections only (opened by our [`Manager`], over TLS for
+//! `amqps://`), and its recycling checks nothing but `status().connected()`; channels are
+//! ours. Each connection slot has a supervisor task that takes a connection from the pool, opens its channels in confirm mode, declares the
 //! configured exchanges, and publishes the channels into a lock-free snapshot ([`ArcSwap`])
 //! that requests read. When the connection fails the supervisor withdraws its channels first,
 //! detaches the dead connection from the pool (it is never reused), and reconnects with
@@ -20,14 +20,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool::Runtime;
+use deadpool::managed::{Object, Pool, PoolConfig, PoolError, Timeouts};
 use futures_util::StreamExt;
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Event as ConnEvent};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, Event as ConnEvent};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use super::connect::{Manager, reason};
 use super::publish::{properties, publish_on};
 use super::{Event, PROPERTIES_BUDGET_BYTES, PoolSettings, PublishError};
 
@@ -62,7 +65,7 @@ struct Live {
 
 struct Inner {
     settings: PoolSettings,
-    pool: Pool,
+    pool: Pool<Manager>,
     /// What requests read: every channel currently able to publish. Behind an `Arc` each, so
     /// that a publish takes one reference count rather than cloning a `Channel` (a dozen).
     live: ArcSwap<Vec<Arc<Live>>>,
@@ -111,21 +114,20 @@ impl ChannelSet {
     /// Starts one supervisor per connection; returns at once. Channels come up in the
     /// background: until then publishes fail with [`PublishError::Unavailable`].
     pub fn start(settings: PoolSettings) -> Result<Self, String> {
-        let props = || ConnectionProperties::default().with_connection_name("amqp-gateway".into());
+        let mut uri = settings.uri.0.clone();
+        with_defaults(&mut uri);
+        let manager = Manager::new(uri, settings.tls.as_ref(), settings.connect_timeout)?;
         let mut pool_config = PoolConfig::new(settings.connections);
         pool_config.timeouts = Timeouts {
             wait: Some(settings.connect_timeout),
             create: Some(settings.connect_timeout),
             recycle: Some(settings.connect_timeout),
         };
-        let pool = deadpool_lapin::Config {
-            url: Some(with_default_frame_max(&with_default_heartbeat(
-                &settings.url,
-            ))),
-            pool: Some(pool_config),
-        }
-        .create_pool(props, Runtime::Tokio1)
-        .map_err(|e| format!("cannot build the AMQP connection pool: {e}"))?;
+        let pool = Pool::builder(manager)
+            .config(pool_config)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("cannot build the AMQP connection pool: {e}"))?;
         let inner = Arc::new(Inner {
             slots: Mutex::new(vec![Vec::new(); settings.connections]),
             settings,
@@ -237,29 +239,12 @@ impl Inner {
     }
 }
 
-/// `url` with `frame_max=DEFAULT_FRAME_MAX` added unless it sets a frame size itself.
-fn with_default_frame_max(url: &str) -> String {
-    let has_frame_max = url
-        .parse::<lapin::uri::AMQPUri>()
-        .map_or(true, |uri| uri.query.frame_max.is_some());
-    if has_frame_max {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}frame_max={DEFAULT_FRAME_MAX}")
-}
-
-/// `url` with `heartbeat=DEFAULT_HEARTBEAT_SECS` added unless it sets a heartbeat itself.
-/// Appended as text rather than re-serialised, so nothing else in the URL can change.
-fn with_default_heartbeat(url: &str) -> String {
-    let has_heartbeat = url
-        .parse::<lapin::uri::AMQPUri>()
-        .map_or(true, |uri| uri.query.heartbeat.is_some());
-    if has_heartbeat {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}heartbeat={DEFAULT_HEARTBEAT_SECS}")
+/// The URL's settings, with `heartbeat=DEFAULT_HEARTBEAT_SECS` and
+/// `frame_max=DEFAULT_FRAME_MAX` where it sets none (the operator's choice wins, a heartbeat
+/// of 0, off, included). What lapin then negotiates from.
+fn with_defaults(uri: &mut AMQPUri) {
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
 }
 
 async fn open_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
@@ -315,13 +300,25 @@ async fn redeclare_exchanges(conn: &Connection, inner: &Inner) -> Result<(), Str
 }
 
 /// Connects slot `slot` and sets up its channels and exchanges.
-async fn connect(inner: &Inner) -> Result<(deadpool_lapin::Connection, Vec<Channel>), String> {
+async fn connect(inner: &Inner) -> Result<(Object<Manager>, Vec<Channel>), String> {
     let setup = async {
-        let conn = inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        // The whole error chain (a TLS failure says why: unknown issuer, name mismatch, …);
+        // lapin's errors never include the URL, so no password either.
+        let conn = inner.pool.get().await.map_err(|e| {
+            let why = match &e {
+                PoolError::Backend(e) => reason(e),
+                other => reason(other),
+            };
+            let scheme = if inner.settings.uri.is_tls() {
+                "amqps"
+            } else {
+                "amqp"
+            };
+            format!(
+                "connect to {} ({scheme}): {why}",
+                inner.settings.uri.authority()
+            )
+        })?;
         let mut channels = Vec::with_capacity(inner.settings.channels_per_connection);
         for _ in 0..inner.settings.channels_per_connection {
             channels.push(
@@ -358,7 +355,7 @@ async fn supervise(slot: usize, inner: Arc<Inner>, mut stop: watch::Receiver<boo
                 // again, and closed: on a clean stop, or when we abandon one that still looks
                 // alive (a channel could not be reopened, exchanges could not be declared).
                 // Bounded: on a half-dead socket the close-ok may never come.
-                let conn = deadpool_lapin::Object::take(conn);
+                let conn = Object::take(conn);
                 if stopped || conn.status().connected() {
                     let (code, why) = if stopped {
                         (200, "gateway shutting down")
@@ -493,33 +490,43 @@ async fn serve(
 mod tests {
     use super::*;
 
+    fn defaults(url: &str) -> AMQPUri {
+        let mut uri: AMQPUri = url.parse().unwrap();
+        with_defaults(&mut uri);
+        uri
+    }
+
     #[test]
     fn heartbeat_is_added_only_when_the_url_has_none() {
         assert_eq!(
-            with_default_heartbeat("amqp://u:p@h:5672/%2f"),
-            "amqp://u:p@h:5672/%2f?heartbeat=10"
-        );
-        assert_eq!(
-            with_default_heartbeat("amqp://h/%2f?frame_max=8192"),
-            "amqp://h/%2f?frame_max=8192&heartbeat=10"
+            defaults("amqp://u:p@h:5672/%2f").query.heartbeat,
+            Some(DEFAULT_HEARTBEAT_SECS)
         );
         // The operator's choice wins, 0 (off) included.
-        for url in ["amqp://h/%2f?heartbeat=30", "amqp://h/%2f?heartbeat=0"] {
-            assert_eq!(with_default_heartbeat(url), url);
-        }
-        // What lapin then negotiates from.
-        let uri: lapin::uri::AMQPUri = with_default_heartbeat("amqp://h/%2f").parse().unwrap();
-        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        assert_eq!(
+            defaults("amqp://h/%2f?heartbeat=30").query.heartbeat,
+            Some(30)
+        );
+        assert_eq!(
+            defaults("amqp://h/%2f?heartbeat=0").query.heartbeat,
+            Some(0)
+        );
     }
 
     #[test]
     fn frame_max_is_added_only_when_the_url_has_none() {
-        let url = with_default_frame_max(&with_default_heartbeat("amqp://h/%2f"));
-        assert_eq!(url, "amqp://h/%2f?heartbeat=10&frame_max=32768");
-        let uri: lapin::uri::AMQPUri = url.parse().unwrap();
+        let uri = defaults("amqps://h/%2f?heartbeat=5");
         assert_eq!(uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
-        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
-        let own = "amqp://h/%2f?frame_max=131072";
-        assert_eq!(with_default_frame_max(own), own);
+        assert_eq!(uri.query.heartbeat, Some(5));
+        assert_eq!(
+            defaults("amqp://h/%2f?frame_max=131072").query.frame_max,
+            Some(131072)
+        );
+        // Nothing else of the URL changes.
+        let mut plain: AMQPUri = "amqps://u:p@h:5999/v?channel_max=7".parse().unwrap();
+        let with = defaults("amqps://u:p@h:5999/v?channel_max=7");
+        plain.query.heartbeat = with.query.heartbeat;
+        plain.query.frame_max = with.query.frame_max;
+        assert_eq!(plain, with);
     }
 }

@@ -44,6 +44,9 @@ pub struct NodeInfo {
     pub epmd_port: Option<u16>,
     /// The node's state directory (logs in `DIR/log`), when known.
     pub dir: Option<PathBuf>,
+    /// The amqps listener's port (127.0.0.1), for nodes booted with `--tls`
+    /// ([`private_tls_node`]).
+    pub tls_port: Option<u16>,
     /// True when this test binary booted the node.
     pub booted_here: bool,
 }
@@ -186,12 +189,28 @@ pub struct PrivateNode {
 }
 
 static PRIVATE: OnceLock<Result<PrivateNode, String>> = OnceLock::new();
+static PRIVATE_TLS: OnceLock<Result<PrivateNode, String>> = OnceLock::new();
 
 /// The private node of this test binary; boots it on first use (~5 s, on tokio's blocking
 /// pool). Panics with the node's log tail if it cannot be booted.
 pub async fn private_node() -> &'static PrivateNode {
-    let node = tokio::task::spawn_blocking(|| {
-        PRIVATE.get_or_init(|| boot().map(|info| PrivateNode { info }))
+    private_once(&PRIVATE, None).await
+}
+
+/// A private node with an amqps listener next to the plain one (`broker.sh start --tls
+/// CERTDIR`; CERTDIR holds `ca.pem`, `server.pem`, `server.key`): [`PrivateNode::tls_port`].
+/// One per test binary, like [`private_node`] (and a different node from it): booted on first
+/// use with the `certdir` of that call; later calls return it whatever they pass.
+pub async fn private_tls_node(certdir: &Path) -> &'static PrivateNode {
+    private_once(&PRIVATE_TLS, Some(certdir.to_path_buf())).await
+}
+
+async fn private_once(
+    cell: &'static OnceLock<Result<PrivateNode, String>>,
+    certdir: Option<PathBuf>,
+) -> &'static PrivateNode {
+    let node = tokio::task::spawn_blocking(move || {
+        cell.get_or_init(|| boot_node(certdir.as_deref()).map(|info| PrivateNode { info }))
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -211,6 +230,13 @@ impl PrivateNode {
     /// Where it is and how to control it.
     pub fn info(&self) -> &NodeInfo {
         &self.info
+    }
+
+    /// The amqps port (127.0.0.1) of a node from [`private_tls_node`]; panics for others.
+    pub fn tls_port(&self) -> u16 {
+        self.info
+            .tls_port
+            .expect("not a TLS node: boot it with private_tls_node")
     }
 
     /// `rabbitmqctl ARGS...` against this node, on tokio's blocking pool (see
@@ -330,11 +356,18 @@ fn from_env(url: String) -> NodeInfo {
                 .unwrap_or_else(|_| panic!("AMQP_TEST_EPMD_PORT={p:?} is not a port"))
         }),
         dir: var("AMQP_TEST_BROKER_DIR").map(PathBuf::from),
+        tls_port: None,
         booted_here: false,
     }
 }
 
 fn boot() -> Result<NodeInfo, String> {
+    boot_node(None)
+}
+
+/// Boots a node with `broker.sh start`, with an amqps listener too when `tls` names a
+/// certificate directory.
+fn boot_node(tls: Option<&Path>) -> Result<NodeInfo, String> {
     let started = Instant::now();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -346,12 +379,16 @@ fn boot() -> Result<NodeInfo, String> {
     ));
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
 
-    let out = Command::new("bash")
-        .arg(BROKER_SH)
+    let mut cmd = Command::new("bash");
+    cmd.arg(BROKER_SH)
         .arg("start")
         .arg(&dir)
         .arg("--watch-pid")
-        .arg(std::process::id().to_string())
+        .arg(std::process::id().to_string());
+    if let Some(certdir) = tls {
+        cmd.arg("--tls").arg(certdir);
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {BROKER_SH}: {e}"))?;
@@ -384,6 +421,14 @@ fn boot() -> Result<NodeInfo, String> {
                 .map_err(|e| format!("bad AMQP_TEST_EPMD_PORT: {e}"))?,
         ),
         dir: Some(dir.clone()),
+        tls_port: match tls {
+            Some(_) => Some(
+                get("AMQP_TEST_TLS_PORT")?
+                    .parse()
+                    .map_err(|e| format!("bad AMQP_TEST_TLS_PORT: {e}"))?,
+            ),
+            None => None,
+        },
         booted_here: true,
     };
 

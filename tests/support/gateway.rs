@@ -21,6 +21,15 @@ pub fn base_config(amqp_url: &str) -> String {
 /// [`base_config`] with `server_extra` lines added to `[server]` (`trusted_proxies = [...]`,
 /// `public_host = "..."`, `max_body_bytes = N` instead of the default 65536).
 pub fn base_config_with(amqp_url: &str, server_extra: &str) -> String {
+    base_config_full(amqp_url, server_extra, "")
+}
+
+/// [`base_config`] with `amqp_extra` lines added to `[amqp]` (`tls = { ... }`).
+pub fn base_config_amqp(amqp_url: &str, amqp_extra: &str) -> String {
+    base_config_full(amqp_url, "", amqp_extra)
+}
+
+fn base_config_full(amqp_url: &str, server_extra: &str, amqp_extra: &str) -> String {
     let max_body = if server_extra.contains("max_body_bytes") {
         ""
     } else {
@@ -41,6 +50,7 @@ connections = 2
 channels_per_connection = 4
 confirm_timeout = "5s"
 connect_timeout = "2s"
+{amqp_extra}
 "#
     )
 }

@@ -7,7 +7,8 @@
 //!   test binary (via `scripts/broker.sh`); [`rabbitmqctl`] /
 //!   [`rabbitmqctl_async`] control that node. Fault tests that stop, kill or alarm the
 //!   broker use [`private_node`] instead: a node of the test binary's own (never the shared
-//!   one), with `down`/`up` (same ports, same data) and its own `ctl`.
+//!   one), with `down`/`up` (same ports, same data) and its own `ctl`; [`private_tls_node`]
+//!   is such a node with an amqps listener too (certificates of the test's making).
 //! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query
 //!   ([`Origin::start`]) or by a closure of the test ([`Origin::scripted`], answering
 //!   [`origin::Reply`]s); it records every request ([`origin::Seen`], raw header bytes).
@@ -74,7 +75,8 @@ pub mod tokens;
 pub use amqp::{TestQueue, unique_name};
 pub use broker::{
     NodeInfo, PrivateNode, amqp_url, booted_here, free_port, node, node_log_tail, node_name,
-    private_node, rabbitmqctl, rabbitmqctl_async, rabbitmqctl_ok, rabbitmqctl_ok_async,
+    private_node, private_tls_node, rabbitmqctl, rabbitmqctl_async, rabbitmqctl_ok,
+    rabbitmqctl_ok_async,
 };
 pub use gateway::{TestGateway, base_config};
 pub use origin::Origin;

@@ -1,0 +1,242 @@
+//! [`Manager`]: how the pool opens broker connections — TCP, then TLS with our own rustls
+//! config when the URL is `amqps://`, then the AMQP handshake.
+//!
+//! lapin's own connect functions take TLS settings as PEM blobs and build their own rustls
+//! config (their trust store, their provider, the URL host as the name to verify). The
+//! gateway's `[amqp] tls` table is already loaded into a [`ClientTls`] (private CA, client
+//! certificate, `server_name` override, the one aws-lc-rs provider), so the transport is
+//! ours: [`lapin::Connection::connector`] runs the AMQP handshake over the stream we open.
+//!
+//! Recycling checks only `status().connected()`, as deadpool-lapin did: the supervisors
+//! (`pool.rs`) watch their connections and detach dead ones themselves.
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_rs::traits::{Reactor, RuntimeKit};
+use async_rs::{Runtime, TokioRuntime};
+use deadpool::managed::{Metrics, RecycleError, RecycleResult};
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+use rustls::ClientConfig;
+
+use crate::tls::ClientTls;
+
+/// The name the gateway's connections show in the broker's management UI and `rabbitmqctl`.
+const CONNECTION_NAME: &str = "amqp-gateway";
+
+/// Where TLS goes, when it does: the rustls config and the name the broker's certificate must
+/// carry (also sent as SNI when it is a DNS name).
+#[derive(Clone)]
+struct TlsTarget {
+    config: Arc<ClientConfig>,
+    name: String,
+}
+
+/// Creates connections to one broker (deadpool's [`deadpool::managed::Manager`]).
+pub(super) struct Manager {
+    uri: AMQPUri,
+    tls: Option<TlsTarget>,
+    /// Bound on TCP connect + TLS handshake (see [`Manager::new`]).
+    stream_timeout: Duration,
+}
+
+impl Manager {
+    /// A manager for `uri` (its defaults already applied). `tls` is used when the URL is
+    /// `amqps://`; without it, the defaults (Mozilla roots). `connect_timeout` bounds the TCP
+    /// connect and TLS handshake, or the URL's `connection_timeout` (ms) when shorter: lapin
+    /// opens the stream on its own I/O thread, which would otherwise outlive a pool `create`
+    /// that timed out and linger until the kernel gives up on an unanswered SYN.
+    pub(super) fn new(
+        uri: AMQPUri,
+        tls: Option<&ClientTls>,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let tls = match uri.scheme {
+            AMQPScheme::AMQP => None,
+            AMQPScheme::AMQPS => {
+                let defaults;
+                let tls = match tls {
+                    Some(tls) => tls,
+                    None => {
+                        defaults = ClientTls::load(None)
+                            .map_err(|e| format!("amqp.tls.{}: {}", e.field, e.message))?;
+                        &defaults
+                    }
+                };
+                let name = match tls.server_name() {
+                    Some(name) => name.to_str().into_owned(),
+                    // The URL host, as lapin's default transport does.
+                    None => uri.authority.host.clone(),
+                };
+                Some(TlsTarget {
+                    config: tls.config().clone(),
+                    name,
+                })
+            }
+        };
+        let stream_timeout = uri
+            .query
+            .connection_timeout
+            .map(Duration::from_millis)
+            .map_or(connect_timeout, |t| t.min(connect_timeout));
+        Ok(Self {
+            uri,
+            tls,
+            stream_timeout,
+        })
+    }
+}
+
+impl deadpool::managed::Manager for Manager {
+    type Type = Connection;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<Connection, lapin::Error> {
+        let tls = self.tls.clone();
+        let timeout = self.stream_timeout;
+        // lapin calls this on its I/O thread for the first connection, and again only when
+        // auto-recovery is enabled (it is not: the supervisors reconnect). It must be `Fn`, so
+        // it clones what it needs per call.
+        let open = async move |uri: AMQPUri, runtime: TokioRuntime| match tokio::time::timeout(
+            timeout,
+            open_stream(&uri, &runtime, tls.as_ref()),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) => Err(lapin_io_error(error, &runtime)),
+            Err(_) => Err(lapin::Error::from(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TCP/TLS connect did not finish within {timeout:?}"),
+            ))),
+        };
+        let props = ConnectionProperties::default().with_connection_name(CONNECTION_NAME.into());
+        Connection::connector(self.uri.clone(), TokioRuntime::tokio_current(), open, props).await
+    }
+
+    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<lapin::Error> {
+        if conn.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::Message(Cow::Owned(format!(
+                "lapin connection is not connected: {:?}",
+                conn.status()
+            ))))
+        }
+    }
+}
+
+/// TCP to the URL's host and port, then TLS when there is a target: what lapin's default
+/// transport does, with our rustls config and verification name.
+async fn open_stream<RK: RuntimeKit + Send + Sync>(
+    uri: &AMQPUri,
+    runtime: &Runtime<RK>,
+    tls: Option<&TlsTarget>,
+) -> io::Result<AsyncTcpStream<<RK as Reactor>::TcpStream>> {
+    let addrs = runtime.to_socket_addrs((uri.authority.host.clone(), uri.authority.port));
+    let stream = AsyncTcpStream::connect(runtime, addrs).await?;
+    match tls {
+        None => Ok(stream),
+        Some(tls) => {
+            stream
+                .into_rustls(&RustlsConnector::from(tls.config.clone()), &tls.name)
+                .await
+        }
+    }
+}
+
+/// What lapin's own transport returns for an I/O error: a runtime shutting down is told apart
+/// (lapin does not try to recover from it).
+fn lapin_io_error<RK: RuntimeKit>(error: io::Error, runtime: &Runtime<RK>) -> lapin::Error {
+    if runtime.is_runtime_shutdown_error(&error) {
+        ErrorKind::RuntimeShutdownError(Arc::new(error)).into()
+    } else {
+        error.into()
+    }
+}
+
+/// `error` and its sources, as one line: "a: b: c", skipping a source whose text the previous
+/// message already contains (lapin and io::Error both repeat their inner error's text).
+pub(super) fn reason(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut last = line.clone();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !last.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        last = text;
+        source = e.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(url: &str) -> AMQPUri {
+        url.parse().unwrap()
+    }
+
+    #[test]
+    fn plain_urls_get_no_tls_even_with_settings() {
+        let tls = ClientTls::load(None).unwrap();
+        let m = Manager::new(uri("amqp://h/%2f"), Some(&tls), Duration::from_secs(5)).unwrap();
+        assert!(m.tls.is_none());
+    }
+
+    #[test]
+    fn amqps_verifies_the_url_host_unless_a_server_name_is_set() {
+        let m = Manager::new(
+            uri("amqps://u:p@10.0.0.7/%2f"),
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(m.tls.as_ref().unwrap().name, "10.0.0.7");
+        let settings = crate::tls::TlsSettings {
+            server_name: Some("rabbit.internal".into()),
+            ..Default::default()
+        };
+        let tls = ClientTls::load(Some(&settings)).unwrap();
+        let m = Manager::new(
+            uri("amqps://u:p@10.0.0.7/%2f"),
+            Some(&tls),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let target = m.tls.as_ref().unwrap();
+        assert_eq!(target.name, "rabbit.internal");
+        assert!(Arc::ptr_eq(&target.config, tls.config()));
+    }
+
+    #[test]
+    fn the_stream_deadline_is_the_shorter_of_connect_timeout_and_connection_timeout() {
+        let five = Duration::from_secs(5);
+        let m = Manager::new(uri("amqp://h/%2f"), None, five).unwrap();
+        assert_eq!(m.stream_timeout, five);
+        let m = Manager::new(uri("amqp://h/%2f?connection_timeout=300"), None, five).unwrap();
+        assert_eq!(m.stream_timeout, Duration::from_millis(300));
+        let m = Manager::new(uri("amqp://h/%2f?connection_timeout=60000"), None, five).unwrap();
+        assert_eq!(m.stream_timeout, five);
+    }
+
+    #[test]
+    fn reason_walks_sources_without_repeating_them() {
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let error = lapin::Error::from(tls);
+        let line = reason(&error);
+        assert!(line.contains("UnknownIssuer"), "{line}");
+        assert_eq!(line.matches("UnknownIssuer").count(), 1, "{line}");
+    }
+}
