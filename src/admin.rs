@@ -1,22 +1,24 @@
-//! The admin listener: `/healthz` (process alive), `/readyz` (able to publish) and `/metrics`
-//! (Prometheus).
+//! The admin listener: `/healthz` (process alive), `/readyz` (able to publish), `/metrics`
+//! (Prometheus) and `POST /reload` (read the config file again and swap it in).
 //!
 //! It lives on `server.admin_listen`, never on the public port, so load balancers and
 //! operators can probe it without exposing broker state to clients.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::server::Reloader;
 use crate::state::AppState;
 
 /// The admin router.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState, reloader: Arc<Reloader>) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -25,6 +27,24 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(
+            Router::new()
+                .route("/reload", post(reload))
+                .with_state(reloader),
+        )
+}
+
+/// `POST /reload`: 200 with the new route count, or 422 with why the file was not applied
+/// (the running config is unchanged then).
+async fn reload(State(reloader): State<Arc<Reloader>>) -> Response {
+    match reloader.reload().await {
+        Ok(done) => Json(json!({ "status": "reloaded", "routes": done.routes })).into_response(),
+        Err(error) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "status": "failed", "error": error })),
+        )
+            .into_response(),
+    }
 }
 
 /// Prometheus text exposition.

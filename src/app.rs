@@ -137,8 +137,10 @@ fn route_service(route: &Route, state: &AppState) -> MethodRouter<AppState> {
                 // Config validation guarantees the upstream exists.
                 return on(filter, || async { GatewayError::Internal });
             };
+            let definition = xxhash_rust::xxh3::xxh3_64(format!("{target:?}").as_bytes());
             let read = Arc::new(ReadRoute {
                 name: Arc::from(route.name.as_str()),
+                cache_scope: Arc::from(format!("{}#{definition:016x}", route.name)),
                 target: target.clone(),
                 upstream,
                 catch_all: route

@@ -23,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+use arc_swap::ArcSwap;
+
 use crate::amqp::{ChannelSet, PoolSettings};
 use crate::cache::Cache;
 use crate::config::{Config, RouteAction, ServerConfig};
@@ -55,33 +57,35 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    // Before the broker pool: a JWKS URL that cannot be fetched stops start-up (the gateway
-    // never serves with a cold key set), and nothing needs closing then.
-    let auth = match &config.auth {
-        Some(auth) => Some(crate::auth::Authenticator::start(auth).await?),
-        None => None,
-    };
     let channels = PoolSettings::try_from(&config.amqp)
         .and_then(ChannelSet::start)
         .map_err(RunError::Amqp)?;
-    let draining = Arc::new(AtomicBool::new(false));
-    let caches = config
-        .routes
-        .iter()
-        .any(|r| matches!(&r.action, RouteAction::Proxy(p) if p.cache.is_some()));
-    let state = AppState {
-        auth,
-        upstreams: Arc::new(Upstreams::new(&config.upstreams)),
-        cache: caches.then(|| Arc::new(Cache::new(&config.cache))),
-        trusted_proxies: config.server.trusted_proxies.clone().into(),
-        public_host: config.server.public_host.clone(),
-        metrics: Arc::new(Metrics::new()),
-        routes: config.routes.into(),
+    let lasting = Lasting {
         channels: channels.clone(),
-        max_body_bytes: config.server.max_body_bytes,
-        body_read_timeout: config.server.body_read_timeout,
-        retry_after: config.amqp.retry_after,
-        draining: draining.clone(),
+        metrics: Arc::new(Metrics::new()),
+        draining: Arc::new(AtomicBool::new(false)),
+    };
+    // A JWKS URL that cannot be fetched stops start-up (the gateway never serves with a cold
+    // key set): close the pool we just started.
+    let state = match build_state(&config, &lasting, None).await {
+        Ok(state) => state,
+        Err(e) => {
+            channels.close(Duration::from_secs(1)).await;
+            return Err(e);
+        }
+    };
+    let draining = lasting.draining.clone();
+    let router = Arc::new(ArcSwap::from_pointee(app(state.clone())));
+    let reloader = Arc::new(Reloader {
+        lasting,
+        router: router.clone(),
+        current: tokio::sync::Mutex::new((config.clone(), state.clone())),
+    });
+    // Only a config read from a file can be read again.
+    #[cfg(unix)]
+    let hangups = match config.source {
+        Some(_) => Some(spawn_sighup_reloads(reloader.clone())?),
+        None => None,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -112,12 +116,12 @@ pub async fn run(
     let limits = HttpLimits::from(&config.server);
     let public = serve_public(
         listener,
-        app(state.clone()),
+        router,
         limits,
         state.draining.clone(),
         stopped(stop_rx.clone()),
     );
-    let admin = axum::serve(admin_listener, admin::router(state))
+    let admin = axum::serve(admin_listener, admin::router(state, reloader))
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future();
     let servers = async { tokio::try_join!(public, admin) };
@@ -139,12 +143,141 @@ pub async fn run(
             }
         }
     }
+    #[cfg(unix)]
+    if let Some(task) = hangups {
+        task.abort();
+    }
     let remaining = deadline.saturating_sub(started_drain.elapsed());
     channels
         .close(remaining.max(std::time::Duration::from_secs(1)))
         .await;
     tracing::info!("Gateway stopped.");
     Ok(())
+}
+
+/// What every config shares, built once at start-up and kept across reloads.
+struct Lasting {
+    channels: ChannelSet,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+}
+
+/// The request-handling state for `config`. With `previous` (a reload), upstreams whose
+/// settings did not change keep their pools, and the cache its entries when `[cache]` did not
+/// change; token verification always starts anew (key files and JWKS are read again).
+async fn build_state(
+    config: &Config,
+    lasting: &Lasting,
+    previous: Option<&AppState>,
+) -> Result<AppState, RunError> {
+    let auth = match &config.auth {
+        Some(auth) => Some(crate::auth::Authenticator::start(auth).await?),
+        None => None,
+    };
+    let caches = config
+        .routes
+        .iter()
+        .any(|r| matches!(&r.action, RouteAction::Proxy(p) if p.cache.is_some()));
+    let cache = caches.then(|| {
+        previous
+            .and_then(|p| p.cache.clone())
+            .filter(|c| *c.settings() == config.cache)
+            .unwrap_or_else(|| Arc::new(Cache::new(&config.cache)))
+    });
+    Ok(AppState {
+        auth,
+        upstreams: Arc::new(Upstreams::reusing(
+            &config.upstreams,
+            previous.map(|p| &*p.upstreams),
+        )),
+        cache,
+        trusted_proxies: config.server.trusted_proxies.clone().into(),
+        public_host: config.server.public_host.clone(),
+        metrics: lasting.metrics.clone(),
+        routes: config.routes.clone().into(),
+        channels: lasting.channels.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: config.server.body_read_timeout,
+        retry_after: config.amqp.retry_after,
+        draining: lasting.draining.clone(),
+    })
+}
+
+/// Swaps in a new config: SIGHUP and the admin `POST /reload`.
+pub(crate) struct Reloader {
+    lasting: Lasting,
+    router: Arc<ArcSwap<Router>>,
+    /// The config and state in use; held for the whole reload, so reloads never interleave.
+    current: tokio::sync::Mutex<(Config, AppState)>,
+}
+
+/// A successful reload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Reloaded {
+    /// Routes now served.
+    pub(crate) routes: usize,
+}
+
+impl Reloader {
+    /// Reads the config file again; when it is valid and needs no restart, serves it from the
+    /// next request on. On any error the running config stays as it was.
+    pub(crate) async fn reload(&self) -> Result<Reloaded, String> {
+        let mut current = self.current.lock().await;
+        let result = self.swap(&mut current).await;
+        match &result {
+            Ok(done) => {
+                self.lasting.metrics.reload("ok");
+                tracing::info!(routes = done.routes, "Config reloaded.");
+            }
+            Err(error) => {
+                self.lasting.metrics.reload("error");
+                tracing::error!(%error, "Config reload failed; the running config is unchanged.");
+            }
+        }
+        result
+    }
+
+    async fn swap(&self, current: &mut (Config, AppState)) -> Result<Reloaded, String> {
+        let path = current
+            .0
+            .source
+            .clone()
+            .ok_or("the running config was not loaded from a file")?;
+        let path_for_load = path.clone();
+        let next = tokio::task::spawn_blocking(move || {
+            Config::load(&path_for_load, |name| std::env::var(name).ok())
+        })
+        .await
+        .map_err(|_| "the config loader failed".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let restart = current.0.restart_required(&next);
+        if !restart.is_empty() {
+            return Err(format!(
+                "{}: {} changed; restart the gateway to apply it",
+                path.display(),
+                restart.join(", ")
+            ));
+        }
+        let state = build_state(&next, &self.lasting, Some(&current.1))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.router.store(Arc::new(app(state.clone())));
+        let routes = next.routes.len();
+        *current = (next, state);
+        Ok(Reloaded { routes })
+    }
+}
+
+/// Reloads on every SIGHUP until the task is aborted (at shutdown).
+#[cfg(unix)]
+fn spawn_sighup_reloads(reloader: Arc<Reloader>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let _ = reloader.reload().await;
+        }
+    }))
 }
 
 /// Protocol limits for the public listener, from `[server]`.
@@ -182,7 +315,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// not arrive within `header_read_timeout`.
 async fn serve_public(
     listener: TcpListener,
-    router: Router,
+    router: Arc<ArcSwap<Router>>,
     limits: HttpLimits,
     draining: Arc<AtomicBool>,
     stop: impl Future<Output = ()>,
@@ -234,7 +367,9 @@ async fn serve_public(
         let draining = draining.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            let response = router.clone().oneshot(request);
+            // The router current when the request arrived: a reload swaps it for the next
+            // requests, this one finishes on the config it started with.
+            let response = Router::clone(&router.load()).oneshot(request);
             let draining = draining.clone();
             async move {
                 let mut response = response.await?;

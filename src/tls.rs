@@ -21,6 +21,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 /// `tls = { … }` on an upstream, a JWKS key or `[amqp]`, as written in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -45,6 +46,16 @@ pub struct TlsSettings {
 pub struct ClientTls {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
+    /// SHA-256 of the settings and of every file's bytes as loaded: two loads are equal when
+    /// they would verify and authenticate the same way (a reload keeps an upstream's pool
+    /// unless its certificates changed on disk).
+    fingerprint: [u8; 32],
+}
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -93,10 +104,12 @@ impl ClientTls {
     pub fn load(settings: Option<&TlsSettings>) -> Result<Self, TlsError> {
         let default = TlsSettings::default();
         let settings = settings.unwrap_or(&default);
+        let mut fingerprint = Sha256::new();
+        fingerprint.update(format!("{settings:?}").as_bytes());
         let roots = match &settings.ca_file {
             Some(path) => {
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs("ca_file", path)? {
+                for cert in read_certs("ca_file", path, &mut fingerprint)? {
                     roots.add(cert).map_err(|e| {
                         error(
                             "ca_file",
@@ -117,8 +130,9 @@ impl ClientTls {
         let config = match (&settings.client_cert_file, &settings.client_key_file) {
             (None, None) => builder.with_no_client_auth(),
             (Some(cert), Some(key)) => {
-                let chain = read_certs("client_cert_file", cert)?;
-                let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                let chain = read_certs("client_cert_file", cert, &mut fingerprint)?;
+                let key_bytes = read("client_key_file", key, &mut fingerprint)?;
+                let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
                     error(
                         "client_key_file",
                         format!("{}: no PEM private key: {e}", key.display()),
@@ -153,6 +167,7 @@ impl ClientTls {
         Ok(Self {
             config: Arc::new(config),
             server_name,
+            fingerprint: fingerprint.finalize().into(),
         })
     }
 
@@ -199,9 +214,22 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+/// The bytes of `path`, added to `fingerprint`.
+fn read(field: &'static str, path: &Path, fingerprint: &mut Sha256) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| error(field, format!("{}: cannot read: {e}", path.display())))?;
+    fingerprint.update(&bytes);
+    Ok(bytes)
+}
+
+fn read_certs(
+    field: &'static str,
+    path: &Path,
+    fingerprint: &mut Sha256,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(field, path, fingerprint)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             error(
                 field,

@@ -126,6 +126,8 @@ pub struct Cache {
     /// Seeds the path hash per process, so which paths share a counter cannot be planned.
     seed: u64,
     max_object_bytes: usize,
+    /// What it was built from: a reload keeps this cache (and its entries) when unchanged.
+    settings: CacheSettings,
 }
 
 impl std::fmt::Debug for Cache {
@@ -250,7 +252,13 @@ impl Cache {
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seed: RandomState::new().hash_one(0u8),
             max_object_bytes: settings.max_object_bytes,
+            settings: settings.clone(),
         }
+    }
+
+    /// The `[cache]` settings it was built from.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
     }
 
     /// Largest body that may be stored.

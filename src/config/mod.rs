@@ -88,7 +88,7 @@ struct RawConfig {
 }
 
 /// `[cache]`: the shared response cache used by read routes with `cache = {...}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     /// Memory budget for stored bodies (all encodings) and headers, in bytes. Default 64 MiB.
@@ -269,7 +269,7 @@ const fn default_retry_after() -> Duration {
 }
 
 /// `[amqp]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AmqpConfig {
     /// Broker URL (`amqp://` or `amqps://`), may carry credentials: never logged.
     pub url: Secret,
@@ -331,7 +331,7 @@ struct RawUpstreamConfig {
 }
 
 /// `[upstreams.NAME]`, validated: a load-balanced set of HTTP(S) targets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Base URLs (`http://host:port` or `https://host[:port]`), at least one.
     pub targets: Vec<String>,
@@ -377,6 +377,9 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// The file it was loaded from ([`Config::load`]), which a reload reads again; `None`
+    /// when parsed from memory.
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -389,7 +392,44 @@ impl Config {
             key: None,
             message: format!("cannot read file: {e}"),
         })?;
-        Self::from_toml(&text, &file, env)
+        let mut config = Self::from_toml(&text, &file, env)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The settings of `self` that differ in `next` and that only a restart applies: the
+    /// listeners and their protocol limits, the shutdown timings, and `[amqp]` (connections
+    /// and declared exchanges are set up once). Empty when `next` can be swapped in live.
+    pub fn restart_required(&self, next: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &next.server);
+        let mut changed = Vec::new();
+        for (key, differs) in [
+            ("server.listen", a.listen != b.listen),
+            ("server.admin_listen", a.admin_listen != b.admin_listen),
+            (
+                "server.header_read_timeout",
+                a.header_read_timeout != b.header_read_timeout,
+            ),
+            (
+                "server.max_header_bytes",
+                a.max_header_bytes != b.max_header_bytes,
+            ),
+            ("server.max_headers", a.max_headers != b.max_headers),
+            (
+                "server.shutdown_timeout",
+                a.shutdown_timeout != b.shutdown_timeout,
+            ),
+            (
+                "server.shutdown_delay",
+                a.shutdown_delay != b.shutdown_delay,
+            ),
+            ("amqp", self.amqp != next.amqp),
+        ] {
+            if differs {
+                changed.push(key);
+            }
+        }
+        changed
     }
 
     /// Like [`Config::load`], from text; `file` names it in errors.
@@ -599,6 +639,7 @@ impl RawConfig {
             upstreams,
             cache: self.cache,
             routes,
+            source: None,
         })
     }
 }

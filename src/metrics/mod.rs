@@ -72,6 +72,11 @@ struct UpstreamOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadResult {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChannelState {
     state: &'static str,
 }
@@ -91,6 +96,7 @@ pub struct Metrics {
     cache: Family<RouteOutcome, Counter>,
     upstream: Family<UpstreamOutcome, Counter>,
     channels: Family<ChannelState, Gauge>,
+    reloads: Family<ReloadResult, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,7 +156,14 @@ impl Metrics {
             "Publishing channels by state (ready, blocked, configured)",
             channels.clone(),
         );
+        let reloads = Family::<ReloadResult, Counter>::default();
+        registry.register(
+            "config_reload",
+            "Config reloads (SIGHUP, POST /reload) by result (ok, error)",
+            reloads.clone(),
+        );
         Self {
+            reloads,
             registry,
             requests,
             request_duration,
@@ -201,6 +214,11 @@ impl Metrics {
                 outcome: result,
             })
             .inc();
+    }
+
+    /// Records a config reload: `ok` or `error`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadResult { result }).inc();
     }
 
     /// Records an upstream exchange outcome.

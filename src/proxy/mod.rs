@@ -67,6 +67,8 @@ pub struct Upstream {
     fail_timeout: Duration,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     epoch: Instant,
+    /// What it was built from: a reload keeps this upstream (pool and health) when unchanged.
+    config: UpstreamConfig,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -87,10 +89,25 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds clients for every upstream. Targets were validated as `http(s)://host[:port]`.
     pub fn new(config: &std::collections::BTreeMap<String, UpstreamConfig>) -> Self {
+        Self::reusing(config, None)
+    }
+
+    /// Like [`Upstreams::new`], keeping from `previous` every upstream whose settings (and TLS
+    /// files) did not change: its pooled connections and passive-health marks survive.
+    pub fn reusing(
+        config: &std::collections::BTreeMap<String, UpstreamConfig>,
+        previous: Option<&Upstreams>,
+    ) -> Self {
         let epoch = Instant::now();
         let by_name = config
             .iter()
             .map(|(name, cfg)| {
+                if let Some(kept) = previous
+                    .and_then(|p| p.by_name.get(name))
+                    .filter(|u| u.config == *cfg)
+                {
+                    return (name.clone(), kept.clone());
+                }
                 let mut http = HttpConnector::new();
                 http.set_connect_timeout(Some(cfg.connect_timeout));
                 http.set_nodelay(true);
@@ -124,6 +141,7 @@ impl Upstreams {
                     fail_timeout: cfg.fail_timeout,
                     client,
                     epoch,
+                    config: cfg.clone(),
                 };
                 (name.clone(), Arc::new(upstream))
             })

@@ -122,6 +122,18 @@ impl TestGateway {
     pub async fn start_unready(config: &str) -> TestGateway {
         let config = Config::from_toml(config, "test-config", |_| None)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        Self::launch(config).await
+    }
+
+    /// Starts a gateway from the config file `path` (so it can be reloaded), without waiting
+    /// for the broker.
+    pub async fn from_file(path: &std::path::Path) -> TestGateway {
+        let config =
+            Config::load(path, |_| None).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        Self::launch(config).await
+    }
+
+    async fn launch(config: Config) -> TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();

@@ -42,8 +42,12 @@ const DEFAULT_BUFFER_BYTES: usize = 1024 * 1024;
 /// A read route as the handler needs it.
 #[derive(Debug)]
 pub struct ReadRoute {
-    /// Route name (cache keys, logs).
+    /// Route name (logs, metrics).
     pub name: Arc<str>,
+    /// What its cache keys start with: the name and a digest of the route's definition, so
+    /// that after a reload that changed the route, entries stored under the old definition
+    /// are never served (they age out), while an unchanged route keeps its entries.
+    pub cache_scope: Arc<str>,
     /// Where and how to forward.
     pub target: ProxyTarget,
     /// The upstream, resolved at start-up.
@@ -79,7 +83,7 @@ pub async fn handle(
     // renders it from the path), so keying on it is keying on what the origin is asked for.
     let request_target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let cached = Cached {
-        keys: Keys::new(&route.name, request_target, &outbound.headers),
+        keys: Keys::new(&route.cache_scope, request_target, &outbound.headers),
         generation: cache.generation(parts.uri.path()),
         rules: rules(config),
         cache,
