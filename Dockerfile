@@ -58,7 +58,8 @@ COPY config/ /etc/amqp-gateway/
 # default) would be unreachable from outside the container. Publish only
 # 8080; 9090 (/healthz, /readyz) is for the orchestrator and Prometheus.
 ENV GATEWAY_LISTEN=0.0.0.0:8080 \
-    GATEWAY_ADMIN_LISTEN=0.0.0.0:9090
+    GATEWAY_ADMIN_LISTEN=0.0.0.0:9090 \
+    GATEWAY_SCHEMA_DIR=/etc/amqp-gateway/schemas
 USER 10001:10001
 EXPOSE 8080 9090
 STOPSIGNAL SIGTERM

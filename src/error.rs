@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
+use crate::schema::SchemaViolation;
+
 /// Prefix of every problem `type` URI.
 pub const PROBLEM_TYPE_PREFIX: &str = "urn:amqp-gateway:problem:";
 
@@ -46,6 +48,15 @@ pub enum GatewayError {
     /// A malformed request: bad JSON, bad path parameter, bad header value.
     #[error("{0}")]
     BadRequest(String),
+    /// Well-formed JSON that fails the route's schema: 422 with the violations (pointer and
+    /// keyword, never values) in an `errors` member.
+    #[error("the event does not match the route's schema; nothing was published")]
+    InvalidEvent {
+        /// The first [`crate::schema::MAX_VIOLATIONS`] violations.
+        errors: Vec<SchemaViolation>,
+        /// More violations exist than are listed.
+        truncated: bool,
+    },
     /// The broker is unreachable or no publishing channel is up: nothing was published.
     #[error("the message broker is unavailable")]
     BrokerUnavailable {
@@ -120,6 +131,7 @@ impl GatewayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadRequest(_) | Self::InvalidAuthRequest => StatusCode::BAD_REQUEST,
+            Self::InvalidEvent { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -143,6 +155,7 @@ impl GatewayError {
             Self::RequestTimeout => "request-timeout",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::BadRequest(_) => "bad-request",
+            Self::InvalidEvent { .. } => "invalid-event",
             Self::Unauthorized => "unauthorized",
             Self::InvalidAuthRequest => "invalid-auth-request",
             Self::InvalidToken => "invalid-token",
@@ -198,6 +211,11 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: String,
+    /// `invalid-event` only: the violations, and whether more were left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [SchemaViolation]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<bool>,
 }
 
 impl IntoResponse for GatewayError {
@@ -208,6 +226,14 @@ impl IntoResponse for GatewayError {
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: self.to_string(),
+            errors: match &self {
+                Self::InvalidEvent { errors, .. } => Some(errors),
+                _ => None,
+            },
+            truncated: match &self {
+                Self::InvalidEvent { truncated, .. } => Some(*truncated),
+                _ => None,
+            },
         };
         let mut response = (status, Json(problem)).into_response();
         let headers = response.headers_mut();
@@ -305,6 +331,29 @@ mod tests {
             assert_eq!(headers[header::CACHE_CONTROL], "no-store");
             assert_eq!(body["type"], format!("urn:amqp-gateway:problem:{code}"));
         }
+    }
+
+    #[tokio::test]
+    async fn invalid_event_is_422_with_pointers_and_keywords() {
+        let (status, headers, body) = parts(GatewayError::InvalidEvent {
+            errors: vec![SchemaViolation {
+                pointer: "/address/zip".into(),
+                keyword: "pattern".into(),
+            }],
+            truncated: false,
+        })
+        .await;
+        assert_eq!(status, 422);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(body["type"], "urn:amqp-gateway:problem:invalid-event");
+        assert_eq!(
+            body["errors"],
+            serde_json::json!([{"pointer": "/address/zip", "keyword": "pattern"}])
+        );
+        assert_eq!(body["truncated"], false);
+        // Other problems carry neither member.
+        let (_, _, other) = parts(GatewayError::NotFound).await;
+        assert!(other.get("errors").is_none() && other.get("truncated").is_none());
     }
 
     #[tokio::test]

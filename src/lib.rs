@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus metrics and the request-metrics layer.
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
+//! - [`schema`]: JSON Schemas of write routes, compiled at load, checked before publishing.
 //! - [`template`]: `{name}` templates for routing keys, `Location` and path rewrites.
 //! - [`tls`]: TLS client settings for upstreams, JWKS URLs and the broker (one crypto provider).
 
@@ -31,6 +32,7 @@ pub mod host;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod schema;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -58,14 +58,18 @@ fn print_routes(config: &Config) {
         let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
         let target = match &r.action {
             RouteAction::Publish(p) => format!(
-                "publish {}/{} -> {}",
+                "publish {}/{} -> {}{}",
                 if p.exchange.is_empty() {
                     "(default)"
                 } else {
                     &p.exchange
                 },
                 p.routing_key,
-                p.status
+                p.status,
+                p.schema
+                    .as_ref()
+                    .map(|s| format!(" schema={}", s.file()))
+                    .unwrap_or_default()
             ),
             RouteAction::Proxy(p) => format!("upstream {}", p.upstream),
         };

@@ -198,6 +198,7 @@ async fn build_state(
         channels: lasting.channels.clone(),
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,
+        max_json_depth: config.server.max_json_depth,
         retry_after: config.amqp.retry_after,
         draining: lasting.draining.clone(),
     })

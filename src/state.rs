@@ -24,6 +24,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// `server.body_read_timeout`.
     pub body_read_timeout: Duration,
+    /// `server.max_json_depth`.
+    pub max_json_depth: usize,
     /// `Retry-After` for broker-caused 503s.
     pub retry_after: Duration,
     /// Upstream clients for read routes.

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 pub use auth::{AuthConfig, CorsConfig, JWT_ALGORITHMS, KeyConfig};
 pub use interpolate::{InterpolateError, interpolate};
+pub(crate) use route::is_json_media_type;
 pub use route::{
     AuthPolicy, CacheConfig, CompressPolicy, PolicyMatch, ProxyTarget, PublishTarget, Route,
     RouteAction, RouteAuth, StaticProperties,
@@ -160,7 +161,17 @@ pub struct ServerConfig {
     /// Most request headers: 431 beyond it. Default 100.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Deepest nesting of arrays/objects accepted in a JSON body of a publish route (a
+    /// top-level `{}` is 1): 400 beyond it, checked before parsing, schema or not. Default 64,
+    /// 1–[`MAX_JSON_DEPTH_LIMIT`].
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
 }
+
+/// Highest `server.max_json_depth`: serde_json refuses depth 128 itself (its recursion
+/// limit), with a vaguer "not valid JSON"; keeping ours below it means the depth limit always
+/// answers first, with its own message.
+pub const MAX_JSON_DEPTH_LIMIT: usize = 127;
 
 /// `server.public_host`, parsed at load time: `host` or `host:port`, nothing else.
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +234,9 @@ const fn default_max_header_bytes() -> usize {
 }
 const fn default_max_headers() -> usize {
     100
+}
+const fn default_max_json_depth() -> usize {
+    64
 }
 
 const fn default_max_body_bytes() -> usize {
@@ -510,6 +524,14 @@ impl RawConfig {
         }
         if !(1..=1000).contains(&server.max_headers) {
             return Err(invalid("server.max_headers", "must be between 1 and 1000"));
+        }
+        if !(1..=MAX_JSON_DEPTH_LIMIT).contains(&server.max_json_depth) {
+            return Err(invalid(
+                "server.max_json_depth",
+                format!(
+                    "must be between 1 and {MAX_JSON_DEPTH_LIMIT} (serde_json's own limit is 128)"
+                ),
+            ));
         }
         for (key, value) in [
             ("server.header_read_timeout", server.header_read_timeout),

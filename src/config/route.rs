@@ -2,6 +2,7 @@
 //! path, the exchanges and the upstreams, and the validated [`Route`] the handlers use.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -11,6 +12,7 @@ use super::auth::CorsConfig;
 use super::{
     AUTH_HEADER_PREFIX, Invalid, PARAM_HEADER_PREFIX, RESERVED_HEADERS, UpstreamConfig, invalid,
 };
+use crate::schema::Schema;
 use crate::template::{Template, is_param_name};
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +37,9 @@ pub(super) struct RawRoute {
     compress: Option<CompressPolicy>,
     #[serde(default)]
     publish: Option<RawPublish>,
+    /// JSON Schema file of a publish route's bodies (relative to the working directory).
+    #[serde(default)]
+    schema: Option<String>,
     #[serde(default)]
     pub(super) cors: Option<RawRouteCors>,
 }
@@ -217,6 +222,9 @@ pub struct PublishTarget {
     pub properties: StaticProperties,
     /// Static AMQP headers.
     pub headers: Vec<(String, String)>,
+    /// The route's compiled JSON Schema (`schema = "..."`): every body must match it (422).
+    /// Set only when every accepted content type is JSON (config validation).
+    pub schema: Option<Arc<Schema>>,
 }
 
 /// Where a read route forwards.
@@ -234,6 +242,17 @@ pub struct ProxyTarget {
     pub forward_authorization: bool,
     /// Response compression policy (`compress`, default `auto`).
     pub compress: CompressPolicy,
+}
+
+/// Whether a lower-case `type/subtype` is JSON: `application/json` or a `+json` suffix
+/// (`application/problem+json`, `application/vnd.acme.user+json`). Case-insensitive.
+pub(crate) fn is_json_media_type(essence: &str) -> bool {
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .len()
+            .checked_sub(5)
+            .and_then(|at| essence.get(at..))
+            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
 }
 
 /// The path with parameter names erased, so `/u/{id}` and `/u/{uid}` collide.
@@ -371,7 +390,33 @@ impl RawRoute {
                         "`upstream_path`, `cache`, `etag`, `forward_authorization` and `compress` apply only to upstream routes",
                     ));
                 }
-                RouteAction::Publish(publish.validate(i, &path_params, exchanges)?)
+                let mut target = publish.validate(i, &path_params, exchanges)?;
+                if let Some(file) = self.schema {
+                    // A schema describes JSON; a route that also took, say, text/plain would
+                    // publish those bodies unchecked, so it may not.
+                    if let Some(ct) = target
+                        .content_types
+                        .iter()
+                        .find(|ct| !is_json_media_type(ct))
+                    {
+                        return Err(invalid(
+                            key("schema"),
+                            format!(
+                                "a schema needs JSON bodies, but `publish.content_types` lists `{ct}` (only application/json and */*+json)"
+                            ),
+                        ));
+                    }
+                    let schema = Schema::load(&file)
+                        .map_err(|m| invalid(key("schema"), format!("{file}: {m}")))?;
+                    target.schema = Some(Arc::new(schema));
+                }
+                RouteAction::Publish(target)
+            }
+            (None, Some(_)) if self.schema.is_some() => {
+                return Err(invalid(
+                    key("schema"),
+                    "applies only to publish routes (upstream routes forward bodies unchecked)",
+                ));
             }
             (None, Some(upstream)) => {
                 if !upstreams.contains_key(&upstream) {
@@ -572,6 +617,7 @@ impl RawPublish {
             content_types,
             properties: self.properties,
             headers,
+            schema: None,
         })
     }
 }

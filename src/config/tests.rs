@@ -907,3 +907,127 @@ fn cache_rules_are_optional_and_checked() {
     );
     assert_has(&route_error(&route("{ tll = \"5s\" }")), &["tll"]);
 }
+
+/// A directory of this test's own for schema files, removed when dropped.
+struct SchemaDir(std::path::PathBuf);
+
+impl SchemaDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("gw-config-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes `text` as `name` and returns its absolute path.
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for SchemaDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn schema_route(schema: &str, publish_extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"s\"\npath = \"/s\"\nmethods = [\"POST\"]\nauth = \"public\"\nschema = \"{schema}\"\npublish = {{ exchange = \"users\", routing_key = \"s\"{publish_extra} }}\n"
+    )
+}
+
+#[test]
+fn schema_rules() {
+    let dir = SchemaDir::new("schema-rules");
+    let good = dir.file("good.json", r#"{"type": "object"}"#);
+    let c = load(&with_route(&schema_route(&good, ""))).unwrap();
+    let RouteAction::Publish(p) = &c.routes[1].action else {
+        panic!("publish route expected");
+    };
+    assert_eq!(p.schema.as_ref().map(|s| s.file()), Some(good.as_str()));
+    // `+json` types are JSON too.
+    load(&with_route(&schema_route(
+        &good,
+        ", content_types = [\"application/json\", \"application/vnd.acme+json\"]",
+    )))
+    .unwrap();
+
+    let err = route_error(&schema_route(
+        &good,
+        ", content_types = [\"application/json\", \"text/plain\"]",
+    ));
+    assert_has(&err, &["routes[1].schema", "text/plain"]);
+
+    let broken = dir.file("broken.json", r#"{"type": "object""#);
+    let err = route_error(&schema_route(&broken, ""));
+    assert_has(&err, &["routes[1].schema: ", &broken, "not valid JSON"]);
+
+    let bad_keyword = dir.file("bad.json", r#"{"type": "objet"}"#);
+    let err = route_error(&schema_route(&bad_keyword, ""));
+    assert_has(
+        &err,
+        &["routes[1].schema: ", &bad_keyword, "invalid schema"],
+    );
+
+    let remote = dir.file("remote.json", r#"{"$ref": "https://example.com/x.json"}"#);
+    let err = route_error(&schema_route(&remote, ""));
+    assert_has(
+        &err,
+        &[
+            "routes[1].schema: ",
+            &remote,
+            "https://example.com/x.json",
+            "self-contained",
+        ],
+    );
+
+    let missing = dir.0.join("missing.json").display().to_string();
+    let err = route_error(&schema_route(&missing, ""));
+    assert_has(&err, &["routes[1].schema: ", &missing, "cannot read file"]);
+
+    let err = match load(&format!(
+        "{BASE}\n[upstreams.u]\ntargets = [\"http://127.0.0.1:1\"]\n\n[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\"]\nauth = \"public\"\nupstream = \"u\"\nschema = \"{good}\"\n"
+    )) {
+        Ok(_) => panic!("a schema on an upstream route must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert_has(&err, &["routes[1].schema", "only to publish routes"]);
+}
+
+#[test]
+fn max_json_depth_defaults_to_64_and_is_bounded() {
+    assert_eq!(load(BASE).unwrap().server.max_json_depth, 64);
+    let with = |n: &str| {
+        BASE.replacen(
+            "admin_listen = \"127.0.0.1:9090\"",
+            &format!("admin_listen = \"127.0.0.1:9090\"\nmax_json_depth = {n}"),
+            1,
+        )
+    };
+    assert_eq!(load(&with("127")).unwrap().server.max_json_depth, 127);
+    assert_eq!(load(&with("1")).unwrap().server.max_json_depth, 1);
+    for bad in ["0", "128", "512"] {
+        let err = load(&with(bad)).unwrap_err().to_string();
+        assert_has(&err, &["server.max_json_depth", "between 1 and 127"]);
+    }
+}
+
+#[test]
+fn demo_schema_accepts_what_the_demo_sends() {
+    // scripts/demo.sh runs from the repo root, as the lib tests do.
+    let c = Config::load(Path::new("config/gateway.toml"), no_env).unwrap();
+    let route = c.routes.iter().find(|r| r.name == "create-user").unwrap();
+    let RouteAction::Publish(p) = &route.action else {
+        panic!("publish route expected");
+    };
+    let schema = p
+        .schema
+        .as_ref()
+        .expect("the demo's create-user route has a schema");
+    let demo = serde_json::json!({"name": "Ada Lovelace", "email": "ada@example.com"});
+    assert!(schema.validate(&demo).is_ok());
+    let bad = serde_json::json!({"email": "not-an-email", "admin": true});
+    assert_eq!(schema.validate(&bad).unwrap_err().errors.len(), 3);
+}

@@ -3,5 +3,6 @@
 
 mod body;
 mod encode;
+mod json;
 pub mod publish;
 pub mod read;

@@ -1,8 +1,9 @@
 //! The write handler: an HTTP request becomes a confirmed AMQP event.
 //!
 //! Order matters and follows the contract: everything that can be rejected is checked before
-//! anything is published (size, encoding, media type, JSON, routing-key parameters,
-//! idempotency key), and the response is written only after the broker's confirm.
+//! anything is published (size, encoding, media type, JSON depth and syntax, the route's
+//! schema, routing-key parameters, idempotency key), and the response is written only after
+//! the broker's confirm.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,12 +20,12 @@ use uuid::Uuid;
 
 use crate::amqp::{Event, PublishError};
 use crate::auth::Identity;
-use crate::config::{PARAM_HEADER_PREFIX, PublishTarget};
+use crate::config::{PARAM_HEADER_PREFIX, PublishTarget, is_json_media_type};
 use crate::error::GatewayError;
 use crate::state::AppState;
 use crate::telemetry::REQUEST_ID;
 
-use super::body;
+use super::{body, json};
 
 /// Namespace for `Idempotency-Key` → event id (UUIDv5), fixed forever: changing it would
 /// change the ids of retried requests across an upgrade.
@@ -84,7 +85,10 @@ pub async fn handle(
     let target = &route.target;
 
     let body = body::read(headers, body, state.max_body_bytes, state.body_read_timeout).await?;
-    let content_type = check_content_type(headers, &parts.method, &body, target)?;
+    let (content_type, is_json) = check_content_type(headers, &parts.method, &body, target)?;
+    if is_json {
+        json::check(&body, state.max_json_depth, target.schema.as_deref())?;
+    }
     let routing_key = render_routing_key(target, &params)?;
 
     let event_id = event_id(headers, &route.name)?;
@@ -193,19 +197,20 @@ fn publish_error(e: PublishError, state: &AppState, route: &str, event_id: &str)
     }
 }
 
-/// Checks `Content-Type` against the route and, for JSON types, that the body parses.
-/// Returns the content type to put on the message.
+/// Checks `Content-Type` against the route. Returns the content type to put on the message
+/// and whether the body is JSON (to be checked by [`json::check`]).
 fn check_content_type<'h>(
     headers: &'h HeaderMap,
     method: &Method,
     body: &[u8],
     target: &PublishTarget,
-) -> Result<Option<&'h str>, GatewayError> {
+) -> Result<(Option<&'h str>, bool), GatewayError> {
     let header = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let Some(full) = header else {
         // A DELETE usually has no body and so no type; anything else must say what it sends.
-        if body.is_empty() && method == Method::DELETE {
-            return Ok(None);
+        // With a schema there is always a body to check: no exception.
+        if body.is_empty() && method == Method::DELETE && target.schema.is_none() {
+            return Ok((None, false));
         }
         return Err(GatewayError::UnsupportedMediaType(format!(
             "Content-Type is required; this route accepts {}",
@@ -225,18 +230,7 @@ fn check_content_type<'h>(
             target.content_types.join(", ")
         )));
     }
-    let is_json = essence.eq_ignore_ascii_case("application/json")
-        || essence
-            .len()
-            .checked_sub(5)
-            .and_then(|at| essence.get(at..))
-            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"));
-    if is_json && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-        return Err(GatewayError::BadRequest(
-            "the body is not valid JSON".into(),
-        ));
-    }
-    Ok(Some(full))
+    Ok((Some(full), is_json_media_type(essence)))
 }
 
 /// Renders the routing key; a path parameter must be one routing-key word.
@@ -328,6 +322,7 @@ mod tests {
             content_types: vec!["application/json".into()],
             properties: Default::default(),
             headers: vec![],
+            schema: None,
         }
     }
 
