@@ -14,6 +14,7 @@
 //! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
 //! - [`metrics`]: Prometheus metrics and the request-metrics layer.
+//! - [`ratelimit`]: per-route rate limits (governor) as a tower layer, after auth.
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
 //! - [`template`]: `{name}` templates for routing keys, `Location` and path rewrites.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod host;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;

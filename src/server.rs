@@ -28,6 +28,7 @@ use crate::cache::Cache;
 use crate::config::{Config, RouteAction, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
+use crate::ratelimit::{RateLimits, SWEEP_INTERVAL};
 use crate::state::AppState;
 use crate::{admin, app};
 
@@ -69,13 +70,28 @@ pub async fn run(
         .routes
         .iter()
         .any(|r| matches!(&r.action, RouteAction::Proxy(p) if p.cache.is_some()));
+    let metrics = Arc::new(Metrics::new());
+    let trusted_proxies: Arc<[ipnet::IpNet]> = config.server.trusted_proxies.clone().into();
+    let rate_limits = Arc::new(RateLimits::new(
+        &config.routes,
+        trusted_proxies.clone(),
+        metrics.clone(),
+    ));
+    // Idle keys are dropped in the background; the guard stops the task when `run` returns,
+    // however it returns.
+    let _sweeper = (!rate_limits.is_empty()).then(|| {
+        AbortOnDrop(tokio::spawn(
+            rate_limits.clone().sweep_every(SWEEP_INTERVAL),
+        ))
+    });
     let state = AppState {
         auth,
+        rate_limits,
         upstreams: Arc::new(Upstreams::new(&config.upstreams)),
         cache: caches.then(|| Arc::new(Cache::new(&config.cache))),
-        trusted_proxies: config.server.trusted_proxies.clone().into(),
+        trusted_proxies,
         public_host: config.server.public_host.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         routes: config.routes.into(),
         channels: channels.clone(),
         max_body_bytes: config.server.max_body_bytes,
@@ -145,6 +161,15 @@ pub async fn run(
         .await;
     tracing::info!("Gateway stopped.");
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Protocol limits for the public listener, from `[server]`.

@@ -66,6 +66,11 @@ struct RouteOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOnly {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamOutcome {
     upstream: Arc<str>,
     outcome: &'static str,
@@ -91,6 +96,7 @@ pub struct Metrics {
     cache: Family<RouteOutcome, Counter>,
     upstream: Family<UpstreamOutcome, Counter>,
     channels: Family<ChannelState, Gauge>,
+    rate_limited: Family<RouteOnly, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,7 +156,14 @@ impl Metrics {
             "Publishing channels by state (ready, blocked, configured)",
             channels.clone(),
         );
+        let rate_limited = Family::<RouteOnly, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a route's rate limits (nothing published or proxied)",
+            rate_limited.clone(),
+        );
         Self {
+            rate_limited,
             registry,
             requests,
             request_duration,
@@ -199,6 +212,15 @@ impl Metrics {
             .get_or_create(&RouteOutcome {
                 route: route.clone(),
                 outcome: result,
+            })
+            .inc();
+    }
+
+    /// Records a request refused by one of the route's rate limits.
+    pub fn rate_limited(&self, route: &Arc<str>) {
+        self.rate_limited
+            .get_or_create(&RouteOnly {
+                route: route.clone(),
             })
             .inc();
     }
