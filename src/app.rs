@@ -164,8 +164,9 @@ fn route_service(route: &Route, state: &AppState) -> MethodRouter<AppState> {
     }
 }
 
-/// `handler` behind the route's layers. The route name is outermost, so 401/403 from auth are
-/// labelled with the route too; auth runs before the handler.
+/// `handler` behind the route's layers. The route name is outermost, so 401/403/429 are
+/// labelled with the route too; auth runs first, then the rate limits (keyed by the identity
+/// auth inserted), then the handler: a refused request is never published nor proxied.
 fn layered<H, T>(
     route: &Route,
     state: &AppState,
@@ -182,6 +183,7 @@ where
             &route.auth,
             state.auth.as_ref(),
         ))
+        .option_layer(state.rate_limits.layer(&route.name))
         .service(handler.with_state(state.clone()));
     on_service(filter, service)
 }

@@ -113,6 +113,18 @@ pub enum GatewayError {
         /// The route's scopes, space-separated, for the `scope` parameter (RFC 6750 §3).
         scope: Option<std::sync::Arc<str>>,
     },
+    /// A rate limit of the route is exhausted for this caller: nothing was published or sent
+    /// upstream.
+    #[error(
+        "too many requests: rate limit `{}` is exhausted; retry after the Retry-After delay",
+        policy.name()
+    )]
+    TooManyRequests {
+        /// Until the limit lets one request through again, for `Retry-After` and `RateLimit`.
+        retry_after: Duration,
+        /// The limit that refused, for `RateLimit-Policy` and `RateLimit`.
+        policy: std::sync::Arc<crate::ratelimit::RatePolicy>,
+    },
     /// The request names a host other than `server.public_host`.
     #[error("this gateway does not serve the requested host")]
     MisdirectedRequest,
@@ -142,6 +154,7 @@ impl GatewayError {
             Self::OutcomeUnknown | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -169,6 +182,7 @@ impl GatewayError {
             Self::BadGateway => "bad-gateway",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::MisdirectedRequest => "misdirected-request",
+            Self::TooManyRequests { .. } => "rate-limited",
             Self::Internal => "internal",
         }
     }
@@ -198,7 +212,8 @@ impl GatewayError {
             Self::BrokerUnavailable { retry_after }
             | Self::BrokerBlocked { retry_after }
             | Self::NoRoute { retry_after }
-            | Self::Nacked { retry_after } => Some(*retry_after),
+            | Self::Nacked { retry_after }
+            | Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -244,8 +259,21 @@ impl IntoResponse for GatewayError {
         // Errors are about this request only; no cache may keep them.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(after) = self.retry_after() {
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            let secs = crate::ratelimit::ceil_secs(after).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::TooManyRequests {
+            retry_after,
+            policy,
+        } = &self
+        {
+            // draft-ietf-httpapi-ratelimit-headers-10: the refusing policy, with nothing left
+            // until the same whole seconds `Retry-After` names.
+            headers.insert(crate::ratelimit::RATELIMIT_POLICY, policy.policy_header());
+            if let Some(state) = policy.exhausted_header((*retry_after).max(Duration::from_secs(1)))
+            {
+                headers.insert(crate::ratelimit::RATELIMIT, state);
+            }
         }
         if let Some(challenge) = self.www_authenticate() {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
@@ -354,6 +382,38 @@ mod tests {
         // Other problems carry neither member.
         let (_, _, other) = parts(GatewayError::NotFound).await;
         assert!(other.get("errors").is_none() && other.get("truncated").is_none());
+    }
+
+    #[tokio::test]
+    async fn too_many_requests_is_429_with_retry_after_and_ratelimit_fields() {
+        let config = crate::config::RateLimitConfig {
+            by: crate::config::RateLimitKey::Ip,
+            limit: std::num::NonZeroU32::new(10).unwrap(),
+            per: Duration::from_millis(1500),
+            burst: std::num::NonZeroU32::new(10).unwrap(),
+            policy: "ip".into(),
+        };
+        let policy = crate::ratelimit::test_policy(&config);
+        for (wait, secs) in [
+            (Duration::from_millis(1), "1"),
+            (Duration::from_millis(2100), "3"),
+        ] {
+            let (status, headers, body) = parts(GatewayError::TooManyRequests {
+                retry_after: wait,
+                policy: policy.clone(),
+            })
+            .await;
+            assert_eq!(status, 429);
+            assert_eq!(headers[header::RETRY_AFTER], secs);
+            assert_eq!(headers["ratelimit-policy"], "\"ip\";q=10;w=2");
+            assert_eq!(
+                headers["ratelimit"],
+                format!("\"ip\";r=0;t={secs}").as_str()
+            );
+            assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+            assert_eq!(body["type"], "urn:amqp-gateway:problem:rate-limited");
+            assert_eq!(body["status"], 429);
+        }
     }
 
     #[tokio::test]

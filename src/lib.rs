@@ -14,6 +14,7 @@
 //! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
 //! - [`metrics`]: Prometheus metrics and the request-metrics layer.
+//! - [`ratelimit`]: per-route rate limits (governor) as a tower layer, after auth.
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
 //! - [`schema`]: JSON Schemas of write routes, compiled at load, checked before publishing.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod host;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod schema;
 pub mod server;

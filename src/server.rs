@@ -30,6 +30,7 @@ use crate::cache::Cache;
 use crate::config::{Config, RouteAction, ServerConfig};
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
+use crate::ratelimit::{RateLimits, SWEEP_INTERVAL};
 use crate::state::AppState;
 use crate::{admin, app};
 
@@ -184,14 +185,29 @@ async fn build_state(
             .filter(|c| *c.settings() == config.cache)
             .unwrap_or_else(|| Arc::new(Cache::new(&config.cache)))
     });
+    let trusted_proxies: Arc<[ipnet::IpNet]> = config.server.trusted_proxies.clone().into();
+    // Buckets start afresh with each config; idle keys are swept by a task that ends once
+    // this config's limits are dropped (the next reload, or shutdown).
+    let rate_limits = Arc::new(RateLimits::new(
+        &config.routes,
+        trusted_proxies.clone(),
+        lasting.metrics.clone(),
+    ));
+    if !rate_limits.is_empty() {
+        tokio::spawn(RateLimits::sweep_every(
+            Arc::downgrade(&rate_limits),
+            SWEEP_INTERVAL,
+        ));
+    }
     Ok(AppState {
         auth,
+        rate_limits,
         upstreams: Arc::new(Upstreams::reusing(
             &config.upstreams,
             previous.map(|p| &*p.upstreams),
         )),
         cache,
-        trusted_proxies: config.server.trusted_proxies.clone().into(),
+        trusted_proxies,
         public_host: config.server.public_host.clone(),
         metrics: lasting.metrics.clone(),
         routes: config.routes.clone().into(),

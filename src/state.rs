@@ -12,6 +12,7 @@ use crate::cache::Cache;
 use crate::config::{PublicHost, Route};
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
+use crate::ratelimit::RateLimits;
 
 /// Shared request-handling state. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub struct AppState {
     pub auth: Option<Authenticator>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Every route's rate limiters (swept by a task of [`crate::run`]).
+    pub rate_limits: Arc<RateLimits>,
     /// Set when shutdown starts, so `/readyz` takes the instance out of rotation.
     pub draining: Arc<AtomicBool>,
 }

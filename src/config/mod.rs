@@ -28,8 +28,8 @@ pub use auth::{AuthConfig, CorsConfig, JWT_ALGORITHMS, KeyConfig};
 pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
-    AuthPolicy, CacheConfig, CompressPolicy, PolicyMatch, ProxyTarget, PublishTarget, Route,
-    RouteAction, RouteAuth, StaticProperties,
+    AuthPolicy, CacheConfig, CompressPolicy, PolicyMatch, ProxyTarget, PublishTarget,
+    RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, StaticProperties,
 };
 pub use secret::Secret;
 
@@ -604,6 +604,22 @@ impl RawConfig {
                     key("auth"),
                     "route requires authentication but there is no [auth] section (use auth = \"public\" or add [auth])",
                 ));
+            }
+            // A claim key is read from the identity, which carries only propagated claims.
+            for (j, limit) in route.rate_limits.iter().enumerate() {
+                if let Some(name) = limit.by.claim_name()
+                    && !self
+                        .auth
+                        .as_ref()
+                        .is_some_and(|a| a.propagate_claims.contains_key(name))
+                {
+                    return Err(invalid(
+                        key(&format!("rate_limits[{j}].by")),
+                        format!(
+                            "claim `{name}` is not in auth.propagate_claims (rate limits read verified claims from there)"
+                        ),
+                    ));
+                }
             }
             let shape = path_shape(&route.path);
             match spelled.get(&shape) {

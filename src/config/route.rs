@@ -2,6 +2,7 @@
 //! path, the exchanges and the upstreams, and the validated [`Route`] the handlers use.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,132 @@ pub(super) struct RawRoute {
     schema: Option<String>,
     #[serde(default)]
     pub(super) cors: Option<RawRouteCors>,
+    #[serde(default)]
+    rate_limits: Vec<RawRateLimit>,
+}
+
+/// One `rate_limits` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    by: String,
+    limit: u32,
+    #[serde(with = "humantime_serde")]
+    per: Duration,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+/// One validated `rate_limits` entry of a route: at most `limit` requests per `per` for each
+/// key (GCRA: one request every `per / limit`, up to `burst` at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Whose requests share a bucket.
+    pub by: RateLimitKey,
+    /// Requests per `per` (at least 1).
+    pub limit: NonZeroU32,
+    /// The window `limit` is counted over (greater than zero, at least 1 ns per request).
+    pub per: Duration,
+    /// Most requests at once (default `limit`).
+    pub burst: NonZeroU32,
+    /// The policy's name in the `RateLimit` and `RateLimit-Policy` headers: `by` as written,
+    /// with `-<index>` when an earlier limit of the route has the same `by`. Visible ASCII
+    /// without `"` or `\`, so it is a valid structured-field string as it is.
+    pub policy: String,
+}
+
+/// What a rate limit is keyed by (`by = "..."`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The verified token's `sub` (authenticated routes only).
+    Subject,
+    /// A verified claim, one of `auth.propagate_claims` (authenticated routes only). Holds the
+    /// identity header it is propagated as (`x-auth-tenant` for `claim:tenant`), which is how
+    /// [`Identity`](crate::auth::Identity) carries it.
+    Claim(String),
+    /// The client IP: the TCP peer, or the rightmost untrusted `X-Forwarded-For` address
+    /// when the peer is a trusted proxy. IPv6 clients are keyed by their /64.
+    Ip,
+    /// One bucket for the whole route.
+    Route,
+}
+
+impl RateLimitKey {
+    fn parse(by: &str) -> Option<Self> {
+        match by {
+            "subject" => Some(Self::Subject),
+            "ip" => Some(Self::Ip),
+            "route" => Some(Self::Route),
+            _ => {
+                let name = by.strip_prefix("claim:")?;
+                (!name.is_empty()).then(|| Self::Claim(format!("{AUTH_HEADER_PREFIX}{name}")))
+            }
+        }
+    }
+
+    /// The claim name of a `claim:NAME` key.
+    pub(super) fn claim_name(&self) -> Option<&str> {
+        match self {
+            Self::Claim(header) => header.strip_prefix(AUTH_HEADER_PREFIX),
+            _ => None,
+        }
+    }
+}
+
+impl RawRateLimit {
+    fn validate(
+        self,
+        key: &dyn Fn(&str) -> String,
+        public: bool,
+        earlier: &[RateLimitConfig],
+    ) -> Result<RateLimitConfig, Invalid> {
+        let by = RateLimitKey::parse(&self.by).ok_or_else(|| {
+            invalid(
+                key("by"),
+                format!(
+                    "`{}` is not a rate-limit key: use \"subject\", \"claim:NAME\", \"ip\" or \"route\"",
+                    self.by
+                ),
+            )
+        })?;
+        if public && matches!(by, RateLimitKey::Subject | RateLimitKey::Claim(_)) {
+            return Err(invalid(
+                key("by"),
+                format!(
+                    "`{}` needs a verified token, and this route is auth = \"public\"; use \"ip\" or \"route\"",
+                    self.by
+                ),
+            ));
+        }
+        let limit = NonZeroU32::new(self.limit)
+            .ok_or_else(|| invalid(key("limit"), "must be at least 1"))?;
+        if self.per.is_zero() {
+            return Err(invalid(key("per"), "must be greater than zero"));
+        }
+        // governor spaces requests `per / limit` apart; a zero spacing would be no limit.
+        if (self.per / limit.get()).is_zero() {
+            return Err(invalid(key("per"), "must be at least `limit` nanoseconds"));
+        }
+        let burst = match self.burst {
+            None => limit,
+            Some(b) => {
+                NonZeroU32::new(b).ok_or_else(|| invalid(key("burst"), "must be at least 1"))?
+            }
+        };
+        let same = earlier.iter().filter(|l| l.by == by).count();
+        let policy = if same == 0 {
+            self.by
+        } else {
+            format!("{}-{}", self.by, earlier.len())
+        };
+        Ok(RateLimitConfig {
+            by,
+            limit,
+            per: self.per,
+            burst,
+            policy,
+        })
+    }
 }
 
 /// A route's `cors`: `false` (none), `true` (the global `[cors]`) or its own table.
@@ -185,6 +312,8 @@ pub struct Route {
     pub cors: Option<CorsConfig>,
     /// What it does.
     pub action: RouteAction,
+    /// `rate_limits`, in the order they are checked (empty: none).
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 /// Route access rule.
@@ -362,6 +491,12 @@ impl RawRoute {
             Some(RawRouteAuth::Keyword(AuthKeyword::Public)) => RouteAuth::Public,
             Some(RawRouteAuth::Policy(p)) => RouteAuth::Required(p),
         };
+        let mut rate_limits: Vec<RateLimitConfig> = Vec::with_capacity(self.rate_limits.len());
+        for (j, raw) in self.rate_limits.into_iter().enumerate() {
+            let limit_key = |field: &str| format!("routes[{i}].rate_limits[{j}].{field}");
+            let limit = raw.validate(&limit_key, auth == RouteAuth::Public, &rate_limits)?;
+            rate_limits.push(limit);
+        }
         let action = match (self.publish, self.upstream) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(invalid(
@@ -473,6 +608,7 @@ impl RawRoute {
             auth,
             cors: None,
             action,
+            rate_limits,
         })
     }
 }

@@ -626,6 +626,107 @@ fn route_policy_rules() {
 }
 
 #[test]
+fn rate_limits_load_typed_with_defaults_and_unique_policy_names() {
+    let route = "[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"POST\"]\nauth = \"authenticated\"\npublish = { exchange = \"users\", routing_key = \"k\" }\nrate_limits = [ { by = \"subject\", limit = 100, per = \"1m\", burst = 20 }, { by = \"ip\", limit = 10, per = \"1s\" }, { by = \"claim:tenant\", limit = 5, per = \"1s\" }, { by = \"route\", limit = 1000, per = \"1h\" }, { by = \"ip\", limit = 1000, per = \"1h\" } ]\n";
+    let auth = auth_section(
+        &hs_key(""),
+        "propagate_claims = { tenant = \"org.tenant\" }",
+    );
+    let c = load(&with_auth(&auth, route)).unwrap();
+    let limits = &c.routes[1].rate_limits;
+    let n = |v: u32| std::num::NonZeroU32::new(v).unwrap();
+    assert_eq!(
+        limits[0],
+        RateLimitConfig {
+            by: RateLimitKey::Subject,
+            limit: n(100),
+            per: Duration::from_secs(60),
+            burst: n(20),
+            policy: "subject".into(),
+        }
+    );
+    assert_eq!(limits[1].by, RateLimitKey::Ip);
+    assert_eq!(limits[1].burst, n(10), "burst defaults to limit");
+    assert_eq!(limits[2].by, RateLimitKey::Claim("x-auth-tenant".into()));
+    assert_eq!(limits[2].policy, "claim:tenant");
+    assert_eq!(limits[3].by, RateLimitKey::Route);
+    assert_eq!(
+        limits[4].policy, "ip-4",
+        "a second `ip` limit gets its own policy name"
+    );
+    assert!(c.routes[0].rate_limits.is_empty());
+}
+
+#[test]
+fn rate_limit_rules() {
+    let limits = |list: &str| {
+        format!(
+            "{}rate_limits = [ {list} ]\n",
+            publish_route("exchange = \"users\", routing_key = \"k\"")
+        )
+    };
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "{ by = \"subject\", limit = 1, per = \"1s\" }",
+            &["routes[1].rate_limits[0].by", "public"],
+        ),
+        (
+            "{ by = \"claim:tenant\", limit = 1, per = \"1s\" }",
+            &["routes[1].rate_limits[0].by", "public"],
+        ),
+        (
+            "{ by = \"ip\", limit = 1, per = \"1s\" }, { by = \"ip\", limit = 0, per = \"1s\" }",
+            &["routes[1].rate_limits[1].limit", "at least 1"],
+        ),
+        (
+            "{ by = \"ip\", limit = 1, per = \"0s\" }",
+            &["routes[1].rate_limits[0].per", "greater than zero"],
+        ),
+        (
+            "{ by = \"ip\", limit = 10, per = \"5ns\" }",
+            &["routes[1].rate_limits[0].per", "nanoseconds"],
+        ),
+        (
+            "{ by = \"user\", limit = 1, per = \"1s\" }",
+            &[
+                "routes[1].rate_limits[0].by",
+                "`user` is not a rate-limit key",
+            ],
+        ),
+        (
+            "{ by = \"claim:\", limit = 1, per = \"1s\" }",
+            &["routes[1].rate_limits[0].by", "not a rate-limit key"],
+        ),
+        (
+            "{ by = \"route\", limit = 1, per = \"1s\", burst = 0 }",
+            &["routes[1].rate_limits[0].burst", "at least 1"],
+        ),
+        (
+            "{ by = \"route\", limit = -1, per = \"1s\" }",
+            &["routes[1].rate_limits[0].limit"],
+        ),
+        (
+            "{ by = \"route\", limit = 1, per = \"soon\" }",
+            &["routes[1].rate_limits[0].per"],
+        ),
+        (
+            "{ by = \"route\", limit = 1, per = \"1s\", window = \"1s\" }",
+            &["routes[1].rate_limits[0]", "unknown field `window`"],
+        ),
+    ];
+    for (list, parts) in cases {
+        assert_has(&route_error(&limits(list)), parts);
+    }
+    // A claim key must be a propagated claim: that is where the identity carries claims.
+    let route = "[[routes]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"POST\"]\npublish = { exchange = \"users\", routing_key = \"k\" }\nrate_limits = [ { by = \"claim:plan\", limit = 1, per = \"1s\" } ]\n";
+    let text = with_auth(&auth_section(&hs_key(""), ""), route);
+    assert_has(
+        &load(&text).unwrap_err().to_string(),
+        &["routes[1].rate_limits[0].by", "propagate_claims"],
+    );
+}
+
+#[test]
 fn cors_rules() {
     let global =
         |body: &str| BASE.replacen("[[routes]]", &format!("[cors]\n{body}\n[[routes]]"), 1);

@@ -66,6 +66,11 @@ struct RouteOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOnly {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamOutcome {
     upstream: Arc<str>,
     outcome: &'static str,
@@ -97,6 +102,7 @@ pub struct Metrics {
     upstream: Family<UpstreamOutcome, Counter>,
     channels: Family<ChannelState, Gauge>,
     reloads: Family<ReloadResult, Counter>,
+    rate_limited: Family<RouteOnly, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -162,7 +168,14 @@ impl Metrics {
             "Config reloads (SIGHUP, POST /reload) by result (ok, error)",
             reloads.clone(),
         );
+        let rate_limited = Family::<RouteOnly, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 by a route's rate limits (nothing published or proxied)",
+            rate_limited.clone(),
+        );
         Self {
+            rate_limited,
             reloads,
             registry,
             requests,
@@ -219,6 +232,15 @@ impl Metrics {
     /// Records a config reload: `ok` or `error`.
     pub fn reload(&self, result: &'static str) {
         self.reloads.get_or_create(&ReloadResult { result }).inc();
+    }
+
+    /// Records a request refused by one of the route's rate limits.
+    pub fn rate_limited(&self, route: &Arc<str>) {
+        self.rate_limited
+            .get_or_create(&RouteOnly {
+                route: route.clone(),
+            })
+            .inc();
     }
 
     /// Records an upstream exchange outcome.

@@ -37,7 +37,8 @@ const NEVER_FORWARDED: &[&str] = &[
 /// Prefix of identity headers the gateway sets from verified claims; client copies are removed.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The client chain; believed only from trusted proxies (also for rate-limit keys).
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The scheme the client used, as the upstream sees it (part of the cache key).
 pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The host the client asked for, as the upstream sees it (part of the cache key).

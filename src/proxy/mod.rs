@@ -27,7 +27,9 @@ pub use body::{ClientBodyError, OutgoingBody};
 pub use headers::{
     ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
 };
-pub(crate) use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted, peer, request_host};
+pub(crate) use headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted, peer, request_host,
+};
 
 use crate::config::UpstreamConfig;
 use crate::tls::{ErrorChain, https_connector};
