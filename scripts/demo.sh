@@ -318,7 +318,7 @@ eval "$broker_env"
 AMQP_URL=$AMQP_TEST_URL
 
 say "starting the example consumer"
-setsid "$CONSUMER_BIN" --url "$AMQP_URL" --exchange users --binding 'user.#' >"$CONSUMER_LOG" 2>&1 &
+setsid "$CONSUMER_BIN" --url "$AMQP_URL" --exchange users --binding 'user.#' --quorum >"$CONSUMER_LOG" 2>&1 &
 CONSUMER_PID=$!
 track "$CONSUMER_PID" "$CONSUMER_BIN"
 view "$CONSUMER_LOG" "$CONSUMER_PID" "${G}[consumer]${N}"

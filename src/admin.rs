@@ -49,7 +49,9 @@ async fn reload(State(reloader): State<Arc<Reloader>>) -> Response {
 
 /// Prometheus text exposition.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(state.channels.readiness());
+    let body = state
+        .metrics
+        .render(state.channels.readiness(), &state.channels.slots());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -78,6 +80,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "configured": r.configured_channels,
             "blocked": r.blocked_channels,
         },
+        // One entry per connection slot: the broker node it is on (`null` while it
+        // reconnects), so an operator sees how the instance spreads over a cluster.
+        "connections": state.channels.slots().iter().enumerate().map(|(slot, s)| json!({
+            "slot": slot,
+            "node": s.node.as_deref(),
+            "ready_channels": s.ready_channels,
+        })).collect::<Vec<_>>(),
     });
     (status, Json(body)).into_response()
 }

@@ -830,11 +830,14 @@ mod tests {
         assert_eq!(status(&b), 429);
         assert_eq!(b.headers()[RATELIMIT_POLICY], "\"claim:tenant\";q=3;w=3600");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        let text = metrics.render(crate::amqp::Readiness {
-            ready_channels: 0,
-            configured_channels: 0,
-            blocked_channels: 0,
-        });
+        let text = metrics.render(
+            crate::amqp::Readiness {
+                ready_channels: 0,
+                configured_channels: 0,
+                blocked_channels: 0,
+            },
+            &[],
+        );
         assert!(
             text.contains("gateway_rate_limited_total{route=\"r\"} 2"),
             "{text}"

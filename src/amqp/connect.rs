@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_rs::traits::{Reactor, RuntimeKit};
@@ -36,16 +37,75 @@ struct TlsTarget {
     name: String,
 }
 
-/// Creates connections to one broker (deadpool's [`deadpool::managed::Manager`]).
+/// Creates connections to the cluster's nodes (deadpool's [`deadpool::managed::Manager`]).
+///
+/// Each `create` starts at the next node round-robin, from a random offset per process, so
+/// the slots of one instance spread over the nodes and N instances spread evenly; a node that
+/// refuses is skipped for the next one within the same `create`, and a slot whose connection
+/// was lost gets the next node when it reconnects.
 pub(super) struct Manager {
-    uri: AMQPUri,
-    tls: Option<TlsTarget>,
-    /// Bound on TCP connect + TLS handshake (see [`Manager::new`]).
-    stream_timeout: Duration,
+    nodes: Vec<Node>,
+    next: AtomicUsize,
+}
+
+/// A connection and the node it went to (its index in the configured URLs).
+pub(super) struct NodeConnection {
+    conn: Connection,
+    /// Index into the manager's nodes.
+    pub(super) node: usize,
+}
+
+impl std::ops::Deref for NodeConnection {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
 }
 
 impl Manager {
-    /// A manager for `uri` (its defaults already applied). `tls` is used when the URL is
+    /// A manager over `uris` (one per node, defaults already applied), sharing `tls` and
+    /// `connect_timeout` (see [`Node::new`]).
+    pub(super) fn new(
+        uris: Vec<AMQPUri>,
+        tls: Option<&ClientTls>,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        if uris.is_empty() {
+            return Err("no broker URL".to_owned());
+        }
+        let nodes = uris
+            .into_iter()
+            .map(|uri| Node::new(uri, tls, connect_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Random per process: instances started together do not all begin on node 0.
+        let offset =
+            std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), std::process::id())
+                as usize;
+        Ok(Self {
+            next: AtomicUsize::new(offset % nodes.len()),
+            nodes,
+        })
+    }
+
+    /// `host:port` of node `index`, for logs, `/readyz` and metrics (never credentials).
+    pub(super) fn label(&self, index: usize) -> Option<&Arc<str>> {
+        self.nodes.get(index).map(|n| &n.label)
+    }
+}
+
+/// One broker node: its URL, TLS target and stream deadline.
+struct Node {
+    uri: AMQPUri,
+    tls: Option<TlsTarget>,
+    /// Bound on TCP connect + TLS handshake (see [`Node::new`]).
+    stream_timeout: Duration,
+    /// `host:port`.
+    label: Arc<str>,
+}
+
+impl Node {
+    /// A node for `uri` (its defaults already applied). `tls` is used when the URL is
     /// `amqps://`; without it, the defaults (Mozilla roots). `connect_timeout` bounds the TCP
     /// connect and TLS handshake, or the URL's `connection_timeout` (ms) when shorter: lapin
     /// opens the stream on its own I/O thread, which would otherwise outlive a pool `create`
@@ -83,19 +143,16 @@ impl Manager {
             .connection_timeout
             .map(Duration::from_millis)
             .map_or(connect_timeout, |t| t.min(connect_timeout));
+        let label = Arc::from(format!("{}:{}", uri.authority.host, uri.authority.port));
         Ok(Self {
             uri,
             tls,
             stream_timeout,
+            label,
         })
     }
-}
 
-impl deadpool::managed::Manager for Manager {
-    type Type = Connection;
-    type Error = lapin::Error;
-
-    async fn create(&self) -> Result<Connection, lapin::Error> {
+    async fn connect(&self) -> Result<Connection, lapin::Error> {
         let tls = self.tls.clone();
         let timeout = self.stream_timeout;
         // lapin calls this on its I/O thread for the first connection, and again only when
@@ -117,8 +174,35 @@ impl deadpool::managed::Manager for Manager {
         let props = ConnectionProperties::default().with_connection_name(CONNECTION_NAME.into());
         Connection::connector(self.uri.clone(), TokioRuntime::tokio_current(), open, props).await
     }
+}
 
-    async fn recycle(&self, conn: &mut Connection, _: &Metrics) -> RecycleResult<lapin::Error> {
+impl deadpool::managed::Manager for Manager {
+    type Type = NodeConnection;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<NodeConnection, lapin::Error> {
+        let n = self.nodes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let index = (start + k) % n;
+            let node = &self.nodes[index];
+            match node.connect().await {
+                Ok(conn) => return Ok(NodeConnection { conn, node: index }),
+                Err(error) => {
+                    if k + 1 < n {
+                        tracing::warn!(node = %node.label, error = %reason(&error), "AMQP node refused the connection; trying the next node.");
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            lapin::Error::from(io::Error::new(io::ErrorKind::NotFound, "no broker URL"))
+        }))
+    }
+
+    async fn recycle(&self, conn: &mut NodeConnection, _: &Metrics) -> RecycleResult<lapin::Error> {
         if conn.status().connected() {
             Ok(())
         } else {
@@ -188,13 +272,13 @@ mod tests {
     #[test]
     fn plain_urls_get_no_tls_even_with_settings() {
         let tls = ClientTls::load(None).unwrap();
-        let m = Manager::new(uri("amqp://h/%2f"), Some(&tls), Duration::from_secs(5)).unwrap();
+        let m = Node::new(uri("amqp://h/%2f"), Some(&tls), Duration::from_secs(5)).unwrap();
         assert!(m.tls.is_none());
     }
 
     #[test]
     fn amqps_verifies_the_url_host_unless_a_server_name_is_set() {
-        let m = Manager::new(
+        let m = Node::new(
             uri("amqps://u:p@10.0.0.7/%2f"),
             None,
             Duration::from_secs(5),
@@ -206,7 +290,7 @@ mod tests {
             ..Default::default()
         };
         let tls = ClientTls::load(Some(&settings)).unwrap();
-        let m = Manager::new(
+        let m = Node::new(
             uri("amqps://u:p@10.0.0.7/%2f"),
             Some(&tls),
             Duration::from_secs(5),
@@ -220,11 +304,11 @@ mod tests {
     #[test]
     fn the_stream_deadline_is_the_shorter_of_connect_timeout_and_connection_timeout() {
         let five = Duration::from_secs(5);
-        let m = Manager::new(uri("amqp://h/%2f"), None, five).unwrap();
+        let m = Node::new(uri("amqp://h/%2f"), None, five).unwrap();
         assert_eq!(m.stream_timeout, five);
-        let m = Manager::new(uri("amqp://h/%2f?connection_timeout=300"), None, five).unwrap();
+        let m = Node::new(uri("amqp://h/%2f?connection_timeout=300"), None, five).unwrap();
         assert_eq!(m.stream_timeout, Duration::from_millis(300));
-        let m = Manager::new(uri("amqp://h/%2f?connection_timeout=60000"), None, five).unwrap();
+        let m = Node::new(uri("amqp://h/%2f?connection_timeout=60000"), None, five).unwrap();
         assert_eq!(m.stream_timeout, five);
     }
 

@@ -17,7 +17,7 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use crate::config::{AmqpConfig, ExchangeKind};
 use crate::tls::ClientTls;
 
-pub use pool::{ChannelSet, Readiness};
+pub use pool::{ChannelSet, Readiness, SlotState};
 
 /// A message to publish, already validated by the caller (names ≤ 255 bytes).
 #[derive(Debug)]
@@ -134,8 +134,8 @@ impl fmt::Debug for BrokerUri {
 /// Pool sizing and deadlines, from `[amqp]`.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// Broker URL (its password is masked when printed).
-    pub uri: BrokerUri,
+    /// Broker URLs, one per cluster node (passwords masked when printed).
+    pub uris: Vec<BrokerUri>,
     /// TLS towards the broker; used when the URL is `amqps://` (then `None` means the
     /// defaults: Mozilla roots, no client certificate).
     pub tls: Option<ClientTls>,
@@ -163,7 +163,11 @@ impl TryFrom<&AmqpConfig> for PoolSettings {
             ExchangeKind::Headers => lapin::ExchangeKind::Headers,
         };
         Ok(Self {
-            uri: BrokerUri::parse(config.url.expose())?,
+            uris: config
+                .urls
+                .iter()
+                .map(|url| BrokerUri::parse(url.expose()))
+                .collect::<Result<_, _>>()?,
             tls: config.tls.clone(),
             connections: config.connections,
             channels_per_connection: config.channels_per_connection,

@@ -71,9 +71,20 @@ struct Inner {
     live: ArcSwap<Vec<Arc<Live>>>,
     /// Per-slot channel lists; `live` is rebuilt from these when one changes.
     slots: Mutex<Vec<Vec<Arc<Live>>>>,
+    /// The node each slot is connected to (an index into the URLs), `None` while it is not.
+    nodes: Mutex<Vec<Option<usize>>>,
     next: AtomicUsize,
     /// Wakes supervisors to look for closed channels now rather than at the next tick.
     check: Notify,
+}
+
+/// One connection slot as `/readyz` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// `host:port` of the node it is connected to; `None` while (re)connecting.
+    pub node: Option<Arc<str>>,
+    /// Its channels that can publish now.
+    pub ready_channels: usize,
 }
 
 /// Readiness as seen by `/readyz`.
@@ -114,9 +125,16 @@ impl ChannelSet {
     /// Starts one supervisor per connection; returns at once. Channels come up in the
     /// background: until then publishes fail with [`PublishError::Unavailable`].
     pub fn start(settings: PoolSettings) -> Result<Self, String> {
-        let mut uri = settings.uri.0.clone();
-        with_defaults(&mut uri);
-        let manager = Manager::new(uri, settings.tls.as_ref(), settings.connect_timeout)?;
+        let uris = settings
+            .uris
+            .iter()
+            .map(|uri| {
+                let mut uri = uri.0.clone();
+                with_defaults(&mut uri);
+                uri
+            })
+            .collect();
+        let manager = Manager::new(uris, settings.tls.as_ref(), settings.connect_timeout)?;
         let mut pool_config = PoolConfig::new(settings.connections);
         pool_config.timeouts = Timeouts {
             wait: Some(settings.connect_timeout),
@@ -130,6 +148,7 @@ impl ChannelSet {
             .map_err(|e| format!("cannot build the AMQP connection pool: {e}"))?;
         let inner = Arc::new(Inner {
             slots: Mutex::new(vec![Vec::new(); settings.connections]),
+            nodes: Mutex::new(vec![None; settings.connections]),
             settings,
             pool,
             live: ArcSwap::from_pointee(Vec::new()),
@@ -146,6 +165,11 @@ impl ChannelSet {
             stop,
             tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
         })
+    }
+
+    /// Each connection slot: its node and ready channels (`/readyz`, metrics).
+    pub fn slots(&self) -> Vec<SlotState> {
+        self.inner.slot_states()
     }
 
     /// Current readiness.
@@ -227,6 +251,31 @@ impl ChannelSet {
 }
 
 impl Inner {
+    /// Each slot's node and ready channels.
+    fn slot_states(&self) -> Vec<SlotState> {
+        let nodes = lock(&self.nodes).clone();
+        let slots = lock(&self.slots);
+        nodes
+            .iter()
+            .zip(slots.iter())
+            .map(|(node, channels)| SlotState {
+                node: node.and_then(|i| self.pool.manager().label(i).cloned()),
+                ready_channels: channels
+                    .iter()
+                    .filter(|l| {
+                        !l.blocked.load(Ordering::Relaxed) && l.channel.status().connected()
+                    })
+                    .count(),
+            })
+            .collect()
+    }
+
+    fn set_node(&self, slot: usize, node: Option<usize>) {
+        if let Some(entry) = lock(&self.nodes).get_mut(slot) {
+            *entry = node;
+        }
+    }
+
     fn set_slot(&self, slot: usize, channels: Vec<Arc<Live>>) {
         // The mutex only serialises supervisors rebuilding the snapshot; requests never take it.
         let mut slots = match self.slots.lock() {
@@ -237,6 +286,12 @@ impl Inner {
         let live = slots.iter().flatten().cloned().collect();
         self.live.store(Arc::new(live));
     }
+}
+
+/// A lock that survives a panic elsewhere: the data is a list replaced whole, never left
+/// half-written.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The URL's settings, with `heartbeat=DEFAULT_HEARTBEAT_SECS` and
@@ -309,15 +364,8 @@ async fn connect(inner: &Inner) -> Result<(Object<Manager>, Vec<Channel>), Strin
                 PoolError::Backend(e) => reason(e),
                 other => reason(other),
             };
-            let scheme = if inner.settings.uri.is_tls() {
-                "amqps"
-            } else {
-                "amqp"
-            };
-            format!(
-                "connect to {} ({scheme}): {why}",
-                inner.settings.uri.authority()
-            )
+            let nodes: Vec<String> = inner.settings.uris.iter().map(|u| u.authority()).collect();
+            format!("connect to {}: {why}", nodes.join(", "))
         })?;
         let mut channels = Vec::with_capacity(inner.settings.channels_per_connection);
         for _ in 0..inner.settings.channels_per_connection {
@@ -348,9 +396,17 @@ async fn supervise(slot: usize, inner: Arc<Inner>, mut stop: watch::Receiver<boo
         match connect(&inner).await {
             Ok((conn, channels)) => {
                 backoff = MIN_BACKOFF;
-                tracing::info!(slot, channels = channels.len(), "AMQP connection ready.");
+                let node = inner.pool.manager().label(conn.node).cloned();
+                tracing::info!(
+                    slot,
+                    node = node.as_deref().unwrap_or("?"),
+                    channels = channels.len(),
+                    "AMQP connection ready."
+                );
+                inner.set_node(slot, Some(conn.node));
                 let stopped = serve(slot, &inner, &conn, channels, &mut stop).await;
                 inner.set_slot(slot, Vec::new());
+                inner.set_node(slot, None);
                 // Detached from the pool, so a connection we gave up on is never handed out
                 // again, and closed: on a clean stop, or when we abandon one that still looks
                 // alive (a channel could not be reopened, exchanges could not be declared).

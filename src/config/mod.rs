@@ -249,7 +249,10 @@ const fn default_shutdown_timeout() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAmqpConfig {
-    url: Secret,
+    #[serde(default)]
+    url: Option<Secret>,
+    #[serde(default)]
+    urls: Vec<Secret>,
     #[serde(default = "default_connections")]
     connections: usize,
     #[serde(default = "default_channels_per_connection")]
@@ -285,8 +288,9 @@ const fn default_retry_after() -> Duration {
 /// `[amqp]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpConfig {
-    /// Broker URL (`amqp://` or `amqps://`), may carry credentials: never logged.
-    pub url: Secret,
+    /// Broker URLs (`amqp://` or `amqps://`, all the same scheme), one per cluster node
+    /// (`url = "…"` is the one-node form). May carry credentials: never logged.
+    pub urls: Vec<Secret>,
     /// Number of AMQP connections (1–64). Default 2.
     pub connections: usize,
     /// Confirm-mode publishing channels per connection (1–128). Default 8.
@@ -684,9 +688,41 @@ impl RawConfig {
 
 impl RawAmqpConfig {
     fn validate(self) -> Result<AmqpConfig, Invalid> {
-        // Don't echo the parser's message: it may quote the URL, credentials included.
-        if self.url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(invalid("amqp.url", "not a valid amqp:// or amqps:// URL"));
+        let (key, urls) = match (self.url, self.urls.is_empty()) {
+            (Some(url), true) => ("amqp.url", vec![url]),
+            (None, false) => ("amqp.urls", self.urls),
+            (Some(_), false) => {
+                return Err(invalid("amqp.urls", "give `url` or `urls`, not both"));
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "amqp.url",
+                    "required (or `urls`, one per cluster node)",
+                ));
+            }
+        };
+        if urls.len() > 16 {
+            return Err(invalid(key, "at most 16 broker URLs"));
+        }
+        let mut schemes = BTreeSet::new();
+        for (i, url) in urls.iter().enumerate() {
+            let at = if key == "amqp.url" {
+                key.to_owned()
+            } else {
+                format!("{key}[{i}]")
+            };
+            // Don't echo the parser's message: it may quote the URL, credentials included.
+            let uri = url
+                .expose()
+                .parse::<lapin::uri::AMQPUri>()
+                .map_err(|_| invalid(&at, "not a valid amqp:// or amqps:// URL"))?;
+            schemes.insert(uri.scheme == lapin::uri::AMQPScheme::AMQPS);
+        }
+        if schemes.len() > 1 {
+            return Err(invalid(
+                key,
+                "all broker URLs must use the same scheme (amqp:// or amqps://)",
+            ));
         }
         if !(1..=64).contains(&self.connections) {
             return Err(invalid("amqp.connections", "must be between 1 and 64"));
@@ -729,7 +765,7 @@ impl RawAmqpConfig {
                 return Err(invalid(key, format!("exchange `{name}` is declared twice")));
             }
         }
-        let amqps = self.url.expose().starts_with("amqps://");
+        let amqps = schemes.contains(&true);
         let tls = match (amqps, &self.tls) {
             (false, Some(_)) => {
                 return Err(invalid("amqp.tls", "needs an amqps:// URL"));
@@ -742,7 +778,7 @@ impl RawAmqpConfig {
         };
         Ok(AmqpConfig {
             tls,
-            url: self.url,
+            urls,
             connections: self.connections,
             channels_per_connection: self.channels_per_connection,
             confirm_timeout: self.confirm_timeout,

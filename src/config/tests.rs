@@ -80,7 +80,7 @@ fn secrets_come_from_the_environment_and_are_masked() {
     );
     let env = |k: &str| (k == "AMQP_URL").then(|| "amqp://u:s3cr3t@10.0.0.1:5672/%2f".to_owned());
     let c = Config::from_toml(&text, "t", env).unwrap();
-    assert_eq!(c.amqp.url.expose(), "amqp://u:s3cr3t@10.0.0.1:5672/%2f");
+    assert_eq!(c.amqp.urls[0].expose(), "amqp://u:s3cr3t@10.0.0.1:5672/%2f");
     assert!(!format!("{c:?}").contains("s3cr3t"));
 }
 
@@ -175,6 +175,26 @@ fn amqp_rules() {
     assert_has(
         &error_of("[amqp]\n", "[amqp]\ntls = { server_name = \"rabbit\" }\n"),
         &["amqp.tls", "amqps://"],
+    );
+    let url_line = "url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"";
+    let cluster = BASE.replacen(
+        url_line,
+        "urls = [\"amqp://u:p@n1:5672/%2f\", \"amqp://u:p@n2:5672/%2f\", \"amqp://u:p@n3:5672/%2f\"]",
+        1,
+    );
+    assert_eq!(load(&cluster).unwrap().amqp.urls.len(), 3);
+    assert_has(
+        &error_of(url_line, &format!("{url_line}\nurls = [\"amqp://n2/%2f\"]")),
+        &["amqp.urls", "not both"],
+    );
+    assert_has(&error_of(url_line, ""), &["amqp.url", "required"]);
+    assert_has(
+        &error_of(url_line, "urls = [\"amqp://n1/%2f\", \"amqps://n2/%2f\"]"),
+        &["amqp.urls", "same scheme"],
+    );
+    assert_has(
+        &error_of(url_line, "urls = [\"amqp://n1/%2f\", \"http://u:pw@n2/\"]"),
+        &["amqp.urls[1]", "not a valid"],
     );
     let amqps = |tls: &str| {
         BASE.replacen(

@@ -147,11 +147,14 @@ mod tests {
         let req = |p: &str| Request::builder().method("GET").uri(p).body(()).unwrap();
         svc.clone().oneshot(req("/named")).await.unwrap();
         svc.oneshot(req("/nope")).await.unwrap();
-        let text = metrics.render(Readiness {
-            ready_channels: 0,
-            configured_channels: 0,
-            blocked_channels: 0,
-        });
+        let text = metrics.render(
+            Readiness {
+                ready_channels: 0,
+                configured_channels: 0,
+                blocked_channels: 0,
+            },
+            &[],
+        );
         assert!(
             text.contains(
                 "gateway_http_requests_total{route=\"get-user\",method=\"GET\",status=\"200\"} 1"

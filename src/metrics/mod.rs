@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::amqp::Readiness;
+use crate::amqp::{Readiness, SlotState};
 
 pub use layer::{RequestMetrics, RequestMetricsLayer, ResponseFuture};
 
@@ -77,6 +77,11 @@ struct UpstreamOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadResult {
     result: &'static str,
 }
@@ -102,6 +107,9 @@ pub struct Metrics {
     upstream: Family<UpstreamOutcome, Counter>,
     channels: Family<ChannelState, Gauge>,
     reloads: Family<ReloadResult, Counter>,
+    connections: Family<NodeLabel, Gauge>,
+    /// Every node a connection was ever counted on, so a node that lost all of them reads 0.
+    nodes_seen: std::sync::Mutex<std::collections::BTreeSet<Arc<str>>>,
     rate_limited: Family<RouteOnly, Counter>,
 }
 
@@ -174,7 +182,15 @@ impl Metrics {
             "Requests refused with 429 by a route's rate limits (nothing published or proxied)",
             rate_limited.clone(),
         );
+        let connections = Family::<NodeLabel, Gauge>::default();
+        registry.register(
+            "amqp_connections",
+            "Publishing connections by broker node (host:port)",
+            connections.clone(),
+        );
         Self {
+            connections,
+            nodes_seen: std::sync::Mutex::default(),
             rate_limited,
             reloads,
             registry,
@@ -254,7 +270,21 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with channel gauges taken from `readiness` now.
-    pub fn render(&self, readiness: Readiness) -> String {
+    pub fn render(&self, readiness: Readiness, slots: &[SlotState]) -> String {
+        // Connections per node, recounted now; nodes no slot is on read 0 once seen.
+        let mut per_node: std::collections::BTreeMap<Arc<str>, i64> =
+            std::collections::BTreeMap::new();
+        for node in slots.iter().filter_map(|s| s.node.clone()) {
+            *per_node.entry(node).or_default() += 1;
+        }
+        let mut seen = lock(&self.nodes_seen);
+        seen.extend(per_node.keys().cloned());
+        for node in seen.iter() {
+            self.connections
+                .get_or_create(&NodeLabel { node: node.clone() })
+                .set(per_node.get(node).copied().unwrap_or(0));
+        }
+        drop(seen);
         let set = |state, n: usize| {
             self.channels
                 .get_or_create(&ChannelState { state })
@@ -269,6 +299,10 @@ impl Metrics {
         }
         out
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -295,11 +329,23 @@ mod tests {
         m.publish(&create, "unroutable", None);
         m.cache(&Arc::from("get-user"), "hit");
         m.upstream(&Arc::from("users"), "ok");
-        let text = m.render(Readiness {
-            ready_channels: 3,
-            configured_channels: 4,
-            blocked_channels: 1,
-        });
+        let node = |n: Option<&str>| SlotState {
+            node: n.map(Arc::from),
+            ready_channels: 1,
+        };
+        let text = m.render(
+            Readiness {
+                ready_channels: 3,
+                configured_channels: 4,
+                blocked_channels: 1,
+            },
+            &[
+                node(Some("n1:5672")),
+                node(Some("n1:5672")),
+                node(Some("n2:5672")),
+                node(None),
+            ],
+        );
         for line in [
             "gateway_http_requests_total{route=\"get-user\",method=\"GET\",status=\"200\"} 1",
             // Extension methods share one series: clients cannot add label values.
@@ -310,6 +356,8 @@ mod tests {
             "gateway_cache_lookups_total{route=\"get-user\",outcome=\"hit\"} 1",
             "gateway_upstream_requests_total{upstream=\"users\",outcome=\"ok\"} 1",
             "gateway_amqp_channels{state=\"ready\"} 3",
+            "gateway_amqp_connections{node=\"n1:5672\"} 2",
+            "gateway_amqp_connections{node=\"n2:5672\"} 1",
             "gateway_amqp_channels{state=\"blocked\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
