@@ -273,3 +273,293 @@ fn tokio_stream_from(
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Protect the backends and the broker: what crosses to them, and which paths are refused.
+// ---------------------------------------------------------------------------------------------
+
+/// Header fields a client may not hand to a backend, under every spelling a backend may merge
+/// into the same name (`_` for `-`). The gateway sets `X-Forwarded-For/Proto/Host` itself.
+const FORGED: &[&str] = &[
+    "X-Auth-Sub",
+    "X-Auth_Sub",
+    "x_auth_sub",
+    "X-Auth_Roles",
+    "X-Forwarded_For",
+    "X_Forwarded_Host",
+    "X-Forwarded_Proto",
+    "X-Original_URL",
+    "X-Original-URL",
+    "X_HTTP_Method_Override",
+    "True-Client-IP",
+    "True_Client_IP",
+    "X-Real-IP",
+    "X-Real_IP",
+    "X-Forwarded-Prefix",
+    "X_Forwarded_Prefix",
+    "X-Host",
+    "X_Host",
+    "X-Forwarded-Server",
+    "X-Client-IP",
+    "X_Client_IP",
+    "X-Cluster-Client-IP",
+    "CF-Connecting-IP",
+    "CF_Connecting_IP",
+    "Fastly-Client-IP",
+    "X-ProxyUser-Ip",
+    "Client-IP",
+    "Client_IP",
+];
+
+/// The names every forged field above stands for, as a backend that maps `_` to `-` reads them.
+fn as_backend_reads(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// A public route on `/r/{*rest}` taking GET, HEAD and POST, proxied to upstream `o` with the
+/// request path as it is; `extra` adds lines (`cache = ...`).
+fn proxy_route(extra: &str) -> String {
+    format!(
+        "\n[[routes]]\nname = \"r\"\npath = \"/r/{{*rest}}\"\nmethods = [\"GET\", \"HEAD\", \"POST\"]\nupstream = \"o\"\nauth = \"public\"\n{extra}\n"
+    )
+}
+
+#[tokio::test]
+async fn forwarding_and_identity_headers_never_reach_the_upstream_under_any_spelling() {
+    let origin = support::Origin::scripted("o", |_| support::origin::Reply::ok()).await;
+    let gw = TestGateway::in_front_of(&origin.url, "", &proxy_route("")).await;
+    let mut headers: Vec<(&str, &[u8])> = FORGED.iter().map(|n| (*n, &b"6.6.6.6"[..])).collect();
+    headers.push(("X-Forwarded-For", b"6.6.6.6"));
+    headers.push(("Content-Type", b"application/json"));
+    headers.push(("X-Kept_Custom", b"yes"));
+    let get = support::http::send(reqwest::Method::GET, &gw.at("/r/a"), headers.clone()).await;
+    assert_eq!(get.status, 200, "{}", get.text());
+    let post = support::http::send_body(
+        reqwest::Method::POST,
+        &gw.at("/r/a"),
+        headers,
+        reqwest::Body::from("{}"),
+    )
+    .await;
+    assert_eq!(post.status, 200, "{}", post.text());
+    let seen = origin.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.method.as_str()).collect::<Vec<_>>(),
+        ["GET", "POST"]
+    );
+    let forged: Vec<String> = FORGED.iter().map(|n| as_backend_reads(n)).collect();
+    for request in &seen {
+        for (name, value) in &request.headers {
+            let raw = name.as_str();
+            let read_as = as_backend_reads(raw);
+            assert!(
+                !forged.contains(&read_as) || raw.starts_with("x-forwarded-"),
+                "{} got `{raw}: {value:?}` from the client",
+                request.method
+            );
+            assert_ne!(
+                value.as_bytes(),
+                b"6.6.6.6",
+                "{} got a client value in `{raw}`",
+                request.method
+            );
+        }
+        // The gateway's own fields, under their one spelling only.
+        assert_eq!(request.text("x-forwarded-for"), "127.0.0.1");
+        assert_eq!(request.text("x-forwarded-proto"), "http");
+        assert_eq!(request.text("x-kept_custom"), "yes", "other fields pass");
+    }
+    assert_eq!(seen[1].text("content-type"), "application/json");
+}
+
+#[tokio::test]
+async fn server_and_x_powered_by_stay_with_the_upstream_on_reads_hits_and_proxied_writes() {
+    let origin = support::Origin::scripted("o", |_| {
+        support::origin::Reply::ok()
+            .header("server", "Apache/2.4.1 (Unix) OpenSSL/1.0.1")
+            .header("x-powered-by", "PHP/5.6.40")
+            .header("cache-control", "public, max-age=60")
+            .header("x-served-by", "o")
+            .body("{}")
+    })
+    .await;
+    let gw = TestGateway::in_front_of(&origin.url, "", &proxy_route("cache = {}")).await;
+    let mut answers = Vec::new();
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+    ] {
+        answers.push(support::http::send(method, &gw.at("/r/a"), []).await);
+    }
+    assert_eq!(
+        answers.iter().map(|a| a.summary()).collect::<Vec<_>>(),
+        ["200 MISS", "200 HIT", "200 "],
+        "a miss, a hit from the cache, then a proxied POST"
+    );
+    for answer in &answers {
+        assert_eq!(answer.header("x-served-by"), Some("o"), "{answer:?}");
+        assert!(answer.headers.get("server").is_none(), "{answer:?}");
+        assert!(answer.headers.get("x-powered-by").is_none(), "{answer:?}");
+    }
+    assert_eq!(origin.count(), 2, "the hit was served from the cache");
+}
+
+/// Paths a backend could read as another path (Tomcat `;` parameters, backslashes, NUL,
+/// overlong UTF-8, encoded dots), after a prefix the routes below match.
+const BAD_PATHS: &[&str] = &[
+    "/..;/admin",
+    "/x/..;jsessionid=1/admin",
+    "/.;/admin",
+    "/%2e%2e;/admin",
+    "/..%5cadmin",
+    "/..%5Cadmin",
+    "/a\\b",
+    "/a%00.json",
+    "/%c0%ae%c0%ae/admin",
+    "/%c0%af",
+    "/%e0%80%ae%e0%80%ae/admin",
+    "/%ff",
+    "/%2e%2e/admin",
+    "/%zz",
+];
+
+/// Sends `method path` over a raw socket (an HTTP client would normalise the path) with a
+/// JSON body; returns the status, the `Content-Type` and the body.
+async fn raw_request(gw: &TestGateway, method: &str, path: &str) -> (u16, String, String) {
+    let raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let response = exchange_raw(gw, raw.as_bytes()).await;
+    let status = statuses(&response).first().copied().unwrap_or(0);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+#[tokio::test]
+async fn paths_a_backend_could_read_differently_are_400_on_every_kind_of_route() {
+    let origin = support::Origin::scripted("o", |_| support::origin::Reply::ok()).await;
+    let config = format!(
+        "{base}\n[[amqp.exchanges]]\nname = \"w\"\ntype = \"topic\"\n{upstream}{reads}{rewritten}{publish}",
+        base = base_config(&no_broker()),
+        upstream = support::gateway::upstream("o", &origin.url),
+        // Reads and proxied writes, the request path sent as it is.
+        reads = proxy_route(""),
+        rewritten = "\n[[routes]]\nname = \"t\"\npath = \"/t/{*rest}\"\nmethods = [\"GET\"]\nupstream = \"o\"\nupstream_path = \"/u/{rest}\"\nauth = \"public\"\n",
+        publish = "\n[[routes]]\nname = \"w\"\npath = \"/w/{*rest}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = { exchange = \"w\", routing_key = \"w\" }\n",
+    );
+    let gw = TestGateway::start_unready(&config).await;
+
+    // The routes work for ordinary paths (dots included): the origin answers reads and proxied
+    // writes, the publish route gets as far as the (absent) broker.
+    for (method, path, status) in [
+        ("GET", "/r/a/b.json", 200),
+        ("POST", "/r/a/b.json", 200),
+        ("GET", "/t/a/b.json", 200),
+        ("POST", "/w/a/b", 503),
+    ] {
+        let (got, _, body) = raw_request(&gw, method, path).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+    }
+    assert_eq!(origin.count(), 3);
+
+    for (method, prefix) in [("GET", "/r"), ("POST", "/r"), ("GET", "/t"), ("POST", "/w")] {
+        for bad in BAD_PATHS {
+            let path = format!("{prefix}{bad}");
+            let (status, content_type, body) = raw_request(&gw, method, &path).await;
+            assert_eq!(status, 400, "{method} {path}: {body}");
+            assert_eq!(content_type, "application/problem+json", "{method} {path}");
+            let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(problem["type"], "urn:amqp-gateway:problem:bad-request");
+            // Refused by the path check, not by a later parameter or UTF-8 rule.
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(!detail.contains("parameter"), "{method} {path}: {detail}");
+        }
+    }
+    assert_eq!(origin.count(), 3, "no refused path reached the origin");
+}
+
+#[tokio::test]
+async fn a_content_type_over_255_bytes_is_415_not_500() {
+    let config = format!(
+        "{}\n[[amqp.exchanges]]\nname = \"w\"\ntype = \"topic\"\n\n[[routes]]\nname = \"w\"\npath = \"/w\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"w\", routing_key = \"w\" }}\n",
+        base_config(&no_broker())
+    );
+    let gw = TestGateway::start_unready(&config).await;
+    let post = |content_type: String| {
+        let url = gw.at("/w");
+        async move {
+            support::http::send_body(
+                reqwest::Method::POST,
+                &url,
+                [("content-type", content_type.as_bytes())],
+                reqwest::Body::from("{}"),
+            )
+            .await
+        }
+    };
+    // Accepted as a media type at 255 bytes (then the broker is missing: 503)...
+    let at_limit = format!("application/json; x={}", "a".repeat(255 - 20));
+    let answer = post(at_limit).await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    // ...refused at 256: it could never be the message's `content_type`.
+    let over = format!("application/json; x={}", "a".repeat(256 - 20));
+    let answer = post(over).await;
+    assert_eq!(answer.status, 415, "{}", answer.text());
+    assert_eq!(
+        answer.json()["type"],
+        "urn:amqp-gateway:problem:unsupported-media-type"
+    );
+}
+
+#[tokio::test]
+async fn path_parameters_copied_into_headers_are_routing_key_words() {
+    let url = amqp_url();
+    let exchange = unique_name("params");
+    let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
+    // `note` is not in the routing key, only in the `x-param-note` header.
+    let config = format!(
+        "{}\n[[amqp.exchanges]]\nname = \"{exchange}\"\ntype = \"topic\"\n\n[[routes]]\nname = \"p\"\npath = \"/p/{{id}}/{{note}}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"{exchange}\", routing_key = \"p.{{id}}\" }}\n",
+        base_config(&url)
+    );
+    let gw = TestGateway::start(&config).await;
+    let post = |path: String| {
+        let url = gw.at(&path);
+        async move {
+            support::http::send_body(
+                reqwest::Method::POST,
+                &url,
+                [("content-type", &b"application/json"[..])],
+                reqwest::Body::from("{}"),
+            )
+            .await
+        }
+    };
+    let long = "n".repeat(256);
+    for bad in ["a.b", "a%2Eb", "%2A", "%23", "a%0Ab", long.as_str()] {
+        let answer = post(format!("/p/1/{bad}")).await;
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.text());
+        assert!(answer.text().contains("`note`"), "{}", answer.text());
+    }
+    let answer = post("/p/1/fine".to_owned()).await;
+    assert_eq!(answer.status, 202, "{}", answer.text());
+    let got = q.drain(Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 1, "only the valid request was published");
+    let note = got[0]
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-param-note").cloned());
+    assert_eq!(
+        note,
+        Some(lapin::types::AMQPValue::LongString("fine".into()))
+    );
+}

@@ -804,6 +804,20 @@ fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<Upstream
                 format!("`{target}` must be an http://host:port or https://host[:port] URL"),
             ));
         }
+        // Only scheme and authority of a target are used (the request path is sent as it is,
+        // or as the route's `upstream_path` renders it): a path or query here would be
+        // silently dropped, sending `/users` where `/v1/users` was meant.
+        if uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+        {
+            return Err(invalid(
+                &key,
+                format!(
+                    "`{target}` has a path or query; targets are scheme://host[:port] only (rewrite paths with a route's `upstream_path`)"
+                ),
+            ));
+        }
     }
     if upstream.timeout.is_zero() {
         return Err(invalid(

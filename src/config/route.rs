@@ -274,6 +274,10 @@ struct RawPublish {
     properties: StaticProperties,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// On the default exchange a routing key is a queue name: a `{param}` in it lets the
+    /// client pick any queue of the vhost. Refused unless this says it is meant.
+    #[serde(default)]
+    allow_client_routing_key: bool,
 }
 
 const fn default_status() -> u16 {
@@ -654,6 +658,22 @@ impl RawPublish {
             return Err(invalid(
                 key("routing_key"),
                 "the default exchange needs a routing key (the queue name)",
+            ));
+        }
+        // The default exchange delivers to the queue the routing key names, any queue: with a
+        // client-controlled word in it, a client could fill (or feed commands to) queues
+        // this route was never meant to reach.
+        let client_controlled = routing_key.params().next().is_some();
+        if self.exchange.is_empty() && client_controlled && !self.allow_client_routing_key {
+            return Err(invalid(
+                key("routing_key"),
+                "on the default exchange (`exchange = \"\"`) the routing key is a queue name, and a `{param}` lets clients address any queue; use a fixed queue name, an exchange, or set `allow_client_routing_key = true` if every queue of the vhost may be written to",
+            ));
+        }
+        if self.allow_client_routing_key && !(self.exchange.is_empty() && client_controlled) {
+            return Err(invalid(
+                key("allow_client_routing_key"),
+                "only applies to the default exchange (`exchange = \"\"`) with a `{param}` in `routing_key`",
             ));
         }
         if !matches!(self.status, 201 | 202) {

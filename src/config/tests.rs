@@ -332,9 +332,44 @@ fn publish_rules() {
 }
 
 #[test]
+fn a_client_chosen_queue_on_the_default_exchange_needs_consent() {
+    // On the default exchange the routing key is the queue: `{id}` would let clients pick one.
+    for publish in [
+        "exchange = \"\", routing_key = \"{id}\"",
+        "exchange = \"\", routing_key = \"jobs-{id}\"",
+    ] {
+        assert_has(
+            &route_error(&publish_route(publish)),
+            &[
+                "routes[1].publish.routing_key",
+                "default exchange",
+                "allow_client_routing_key",
+            ],
+        );
+    }
+    // A fixed queue name, or consent, loads.
+    for publish in [
+        "exchange = \"\", routing_key = \"jobs\"",
+        "exchange = \"\", routing_key = \"jobs-{id}\", allow_client_routing_key = true",
+    ] {
+        load(&with_route(&publish_route(publish))).unwrap();
+    }
+    // Consent where it means nothing is a mistake to point out.
+    for publish in [
+        "exchange = \"users\", routing_key = \"user.{id}\", allow_client_routing_key = true",
+        "exchange = \"\", routing_key = \"jobs\", allow_client_routing_key = true",
+    ] {
+        assert_has(
+            &route_error(&publish_route(publish)),
+            &["routes[1].publish.allow_client_routing_key"],
+        );
+    }
+}
+
+#[test]
 fn publish_route_variants_load() {
     let ok = publish_route(
-        "exchange = \"\", routing_key = \"things-{id}\", status = 201, location = \"/things/{id}/{event_id}\", content_types = [\"Application/JSON\", \"text/plain\"], properties = { type = \"T\", content_type = \"application/json\", priority = 5 }, headers = { \"x-schema\" = \"1\" }",
+        "exchange = \"\", routing_key = \"things-{id}\", allow_client_routing_key = true, status = 201, location = \"/things/{id}/{event_id}\", content_types = [\"Application/JSON\", \"text/plain\"], properties = { type = \"T\", content_type = \"application/json\", priority = 5 }, headers = { \"x-schema\" = \"1\" }",
     );
     let c = load(&with_route(&ok)).unwrap();
     let RouteAction::Publish(p) = &c.routes[1].action else {
@@ -858,6 +893,31 @@ fn upstream_rules() {
         &load(&up("[\"ftp://x\"]", "")).unwrap_err().to_string(),
         &["upstreams.u.targets", "http://"],
     );
+    for with_path in [
+        "https://api.internal/v1",
+        "http://127.0.0.1:1/v1/",
+        "http://127.0.0.1:1//",
+        "http://127.0.0.1:1/?a=1",
+        "http://127.0.0.1:1?a=1",
+    ] {
+        assert_has(
+            &load(&up(
+                &format!("[\"http://127.0.0.1:2\", \"{with_path}\"]"),
+                "",
+            ))
+            .unwrap_err()
+            .to_string(),
+            &["upstreams.u.targets", with_path, "has a path"],
+        );
+    }
+    for bare in [
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:1/",
+        "https://api.internal",
+    ] {
+        let c = load(&up(&format!("[\"{bare}\"]"), "")).unwrap();
+        assert_eq!(c.upstreams["u"].targets, [bare]);
+    }
     assert_has(
         &load(&up("[\"http://127.0.0.1:1\"]", "timeout = \"0s\""))
             .unwrap_err()

@@ -1,7 +1,9 @@
 //! What crosses the proxy: hop-by-hop headers are dropped both ways, `X-Forwarded-*` are
-//! believed only from trusted proxies, identity and override headers are never taken from the
-//! client, and `Authorization` stays with us unless the route says otherwise.
+//! believed only from trusted proxies, identity, override and client-address headers are never
+//! taken from the client (whatever the spelling: `_` counts as `-`), `Authorization` stays with
+//! us unless the route says otherwise, and the backend's `Server` / `X-Powered-By` stay with it.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -21,7 +23,11 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Headers a client could use to poison a cache or confuse an upstream (unkeyed inputs).
+/// Headers a client could use to poison a cache or confuse an upstream (unkeyed inputs):
+/// overrides of the URL and method, and the client-address and host fields other proxies and
+/// CDNs set, which a backend would take for the truth (allow lists, logs, redirects, links).
+/// The gateway sets `X-Forwarded-For/Proto/Host` itself instead. Compared in normalised form
+/// ([`normalised`]), so `X-Real_IP` goes too.
 const NEVER_FORWARDED: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
@@ -30,9 +36,23 @@ const NEVER_FORWARDED: &[&str] = &[
     "x-method-override",
     "x-forwarded-scheme",
     "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-host",
     "forwarded",
     "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-proxyuser-ip",
+    "client-ip",
 ];
+
+/// Upstream response fields that name the backend's software and version: a map for an
+/// attacker (which CVEs apply), of no use to a client.
+const NEVER_RETURNED: &[&str] = &["server", "x-powered-by"];
 
 /// Prefix of identity headers the gateway sets from verified claims; client copies are removed.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
@@ -76,7 +96,21 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Copies `headers` without the fields `drop` names and those listed in `Connection`.
+/// `name` with `_` read as `-`: nginx (`underscores_in_headers`), CGI, WSGI, PHP and some
+/// Node frameworks turn both into the same variable, so `X-Auth_Sub` reaches a backend as
+/// `X-Auth-Sub` would. Only names containing `_` (rare) are copied.
+fn normalised(name: &HeaderName) -> Cow<'_, str> {
+    let n = name.as_str();
+    if n.as_bytes().contains(&b'_') {
+        Cow::Owned(n.replace('_', "-"))
+    } else {
+        Cow::Borrowed(n)
+    }
+}
+
+/// Copies `headers` without hop-by-hop fields, the fields `drop` names and those listed in
+/// `Connection`. `drop` gets the field's name and its [`normalised`] form, which is what
+/// every list comparison uses.
 ///
 /// One pass that appends the kept fields to a map sized for them: cheaper than cloning the
 /// whole map and then removing each unwanted name (every removal parses and hashes the name,
@@ -84,7 +118,7 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 fn copy_without(
     headers: &HeaderMap,
     extra: usize,
-    drop: impl Fn(&HeaderName) -> bool,
+    drop: impl Fn(&HeaderName, &str) -> bool,
 ) -> HeaderMap {
     let listed = if headers.contains_key(header::CONNECTION) {
         connection_listed(headers)
@@ -93,7 +127,8 @@ fn copy_without(
     };
     let mut out = HeaderMap::with_capacity(headers.keys_len() + extra);
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name.as_str()) || drop(name) || listed.contains(name) {
+        let norm = normalised(name);
+        if HOP_BY_HOP.contains(&&*norm) || drop(name, &norm) || listed.contains(name) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -104,21 +139,24 @@ fn copy_without(
 /// Headers for the upstream request, from the client's.
 pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) -> HeaderMap {
     let trusted = is_trusted(ctx.peer, ctx.trusted_proxies);
-    let mut out = copy_without(incoming, 4, |name| {
-        let n = name.as_str();
-        NEVER_FORWARDED.contains(&n)
-            || n.starts_with(IDENTITY_HEADER_PREFIX)
+    let mut out = copy_without(incoming, 4, |name, norm| {
+        // A field kept below only under its canonical spelling (`Content-Type` with a body,
+        // a trusted `X-Forwarded-For`) is dropped when spelled with `_`: the gateway frames
+        // and extends the canonical one, a backend merging both would read the other.
+        let odd = name.as_str() != norm;
+        NEVER_FORWARDED.contains(&norm)
+            || norm.starts_with(IDENTITY_HEADER_PREFIX)
             || (!ctx.forward_authorization && *name == header::AUTHORIZATION)
             // A body on a GET is never forwarded, so neither are its framing headers; a
             // forwarded body is framed anew by the client library (from the body's length).
-            || *name == header::CONTENT_LENGTH
-            || (*name == header::CONTENT_TYPE && !ctx.body)
-            || *name == header::CONTENT_ENCODING
-            || ctx.also_drop.contains(name)
-            || (!trusted
-                && (*name == X_FORWARDED_FOR
-                    || *name == X_FORWARDED_PROTO
-                    || *name == X_FORWARDED_HOST))
+            || norm == header::CONTENT_LENGTH.as_str()
+            || (norm == header::CONTENT_TYPE.as_str() && (!ctx.body || odd))
+            || norm == header::CONTENT_ENCODING.as_str()
+            || ctx.also_drop.iter().any(|d| d.as_str() == norm)
+            || ((!trusted || odd)
+                && (norm == X_FORWARDED_FOR.as_str()
+                    || norm == X_FORWARDED_PROTO.as_str()
+                    || norm == X_FORWARDED_HOST.as_str()))
             // The upstream sees its own authority as Host (the client's goes in
             // X-Forwarded-Host).
             || *name == header::HOST
@@ -195,10 +233,11 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// Headers for the client, from the upstream response's.
+/// Headers for the client, from the upstream response's: without hop-by-hop fields and
+/// without `Server` / `X-Powered-By` (also what the cache stores, so a hit has neither).
 pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     // Room for what the read handler adds (ETag, X-Cache, Age, Vary) without growing.
-    copy_without(upstream, 4, |_| false)
+    copy_without(upstream, 4, |_, norm| NEVER_RETURNED.contains(&norm))
 }
 
 #[cfg(test)]
@@ -343,14 +382,100 @@ mod tests {
     }
 
     #[test]
-    fn response_hop_by_hop_is_dropped() {
+    fn underscore_spellings_and_client_address_headers_are_dropped() {
+        let names = [
+            "x-auth_sub",
+            "x_auth_sub",
+            "x_auth-role",
+            "x-forwarded_for",
+            "x_forwarded_host",
+            "x-forwarded_proto",
+            "x-original_url",
+            "x_http_method_override",
+            "x-real_ip",
+            "true-client-ip",
+            "true_client_ip",
+            "x-real-ip",
+            "x-forwarded-prefix",
+            "x_forwarded_prefix",
+            "x-host",
+            "x_host",
+            "x-forwarded-server",
+            "x-client-ip",
+            "x_client_ip",
+            "x-cluster-client-ip",
+            "cf-connecting-ip",
+            "cf_connecting_ip",
+            "fastly-client-ip",
+            "x-proxyuser-ip",
+            "client-ip",
+            "client_ip",
+            "content_length",
+            "content_type",
+            "transfer_encoding",
+            "proxy_authorization",
+        ];
+        let mut h = map(&[("accept", "*/*"), ("x_custom_thing", "kept")]);
+        for name in names {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("1.2.3.4"),
+            );
+        }
+        // Trusted, with a body: the canonical X-Forwarded-* and Content-Type would be kept.
+        let mut c = ctx("127.0.0.1", &["127.0.0.1/32".parse().unwrap()]);
+        c.body = true;
+        let out = upstream_request_headers(&h, &c);
+        for name in names {
+            assert!(!out.contains_key(name), "{name} must not be forwarded");
+        }
+        let gateway_set: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            gateway_set,
+            [
+                "accept",
+                "x_custom_thing",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
+        );
+        assert_eq!(
+            out["x-forwarded-for"], "127.0.0.1",
+            "not extended by x-forwarded_for"
+        );
+        // A cache fill drops conditionals under any spelling (a PHP backend reads both).
+        let h = map(&[("if_none_match", "\"a\""), ("range", "bytes=0-1")]);
+        let mut c = ctx("10.0.0.1", &[]);
+        c.also_drop = &[header::IF_NONE_MATCH, header::RANGE];
+        assert!(
+            upstream_request_headers(&h, &c)
+                .get("if_none_match")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn response_hop_by_hop_and_software_banners_are_dropped() {
         let h = map(&[
             ("connection", "close"),
             ("transfer-encoding", "chunked"),
+            ("server", "Apache/2.4.1 (Unix)"),
+            ("x-powered-by", "PHP/5.6.40"),
+            ("x_powered_by", "Express"),
             ("etag", "\"a\""),
+            ("x-served-by", "kept"),
         ]);
         let out = response_headers(&h);
-        assert!(!out.contains_key("connection") && !out.contains_key("transfer-encoding"));
+        for gone in [
+            "connection",
+            "transfer-encoding",
+            "server",
+            "x-powered-by",
+            "x_powered_by",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} must not be returned");
+        }
         assert_eq!(out["etag"], "\"a\"");
+        assert_eq!(out["x-served-by"], "kept");
     }
 }

@@ -4,5 +4,6 @@
 mod body;
 mod encode;
 mod json;
+mod path;
 pub mod publish;
 pub mod read;

@@ -1,8 +1,8 @@
 //! The write handler: an HTTP request becomes a confirmed AMQP event.
 //!
 //! Order matters and follows the contract: everything that can be rejected is checked before
-//! anything is published (size, encoding, media type, JSON depth and syntax, the route's
-//! schema, routing-key parameters, idempotency key), and the response is written only after
+//! anything is published (the path, size, encoding, media type, JSON depth and syntax, the
+//! route's schema, path parameters, idempotency key), and the response is written only after
 //! the broker's confirm.
 
 use std::borrow::Cow;
@@ -35,6 +35,10 @@ const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2c4e_8a57_4d0b_9b53_1
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Longest `X-Request-Id` / `traceparent` copied into message properties.
 const MAX_TRACE_ID: usize = 255;
+/// Longest `Content-Type`: the AMQP `content_type` property is a short string.
+const MAX_CONTENT_TYPE: usize = 255;
+/// Longest path parameter (a routing-key word, an `x-param-*` value).
+const MAX_PARAM: usize = 255;
 
 /// Request headers read on every write, as pre-parsed names (a `&str` name is parsed and
 /// hashed anew on every lookup).
@@ -76,6 +80,8 @@ pub async fn handle(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let (mut parts, body) = request.into_parts();
+    // The path goes to consumers as `x-http-path` and selects what the cache invalidates.
+    super::path::check(parts.uri.path())?;
     let identity = parts.extensions.remove::<Identity>();
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await
@@ -88,6 +94,11 @@ pub async fn handle(
     let (content_type, is_json) = check_content_type(headers, &parts.method, &body, target)?;
     if is_json {
         json::check(&body, state.max_json_depth, target.schema.as_deref())?;
+    }
+    // Every parameter is copied into an `x-param-*` header, used in the routing key or not:
+    // consumers may route or look things up by it, so it gets the routing-key word rules.
+    for (name, value) in &params {
+        check_word(name, value)?;
     }
     let routing_key = render_routing_key(target, &params)?;
 
@@ -205,7 +216,15 @@ fn check_content_type<'h>(
     body: &[u8],
     target: &PublishTarget,
 ) -> Result<(Option<&'h str>, bool), GatewayError> {
-    let header = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let raw = headers.get(CONTENT_TYPE);
+    // It becomes the AMQP `content_type`, a short string (at most 255 bytes): a longer one
+    // could never be published, so it is refused as a media type, before anything else.
+    if raw.is_some_and(|v| v.len() > MAX_CONTENT_TYPE) {
+        return Err(GatewayError::UnsupportedMediaType(format!(
+            "Content-Type must be at most {MAX_CONTENT_TYPE} bytes"
+        )));
+    }
+    let header = raw.and_then(|v| v.to_str().ok());
     let Some(full) = header else {
         // A DELETE usually has no body and so no type; anything else must say what it sends.
         // With a schema there is always a body to check: no exception.
@@ -233,21 +252,34 @@ fn check_content_type<'h>(
     Ok((Some(full), is_json_media_type(essence)))
 }
 
+/// Checks that a path parameter is one routing-key word: non-empty, at most 255 bytes (an
+/// AMQP short string), without `.`, `*`, `#` (topic syntax) or control characters.
+fn check_word(name: &str, value: &str) -> Result<(), GatewayError> {
+    if value.is_empty()
+        || value.len() > MAX_PARAM
+        || value
+            .chars()
+            .any(|c| matches!(c, '.' | '*' | '#') || c.is_control())
+    {
+        return Err(GatewayError::BadRequest(format!(
+            "path parameter `{name}` must be 1–{MAX_PARAM} bytes and must not contain `.`, `*`, `#` or control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Renders the routing key; a path parameter must be one routing-key word.
 fn render_routing_key(
     target: &PublishTarget,
     params: &[(&str, &str)],
 ) -> Result<String, GatewayError> {
     let key = target.routing_key.render(|name| {
-        let value = params.iter().find(|(k, _)| *k == name).map_or("", |(_, v)| v);
-        if value.is_empty()
-            || value.chars().any(|c| matches!(c, '.' | '*' | '#') || c.is_control())
-        {
-            return Err(GatewayError::BadRequest(format!(
-                "path parameter `{name}` must be non-empty and must not contain `.`, `*`, `#` or control characters"
-            )));
-        }
-        Ok(Cow::Borrowed(value))
+        let value = params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map_or("", |(_, v)| v);
+        check_word(name, value)?;
+        Ok::<_, GatewayError>(Cow::Borrowed(value))
     })?;
     if key.len() > 255 {
         return Err(GatewayError::BadRequest(
@@ -344,6 +376,52 @@ mod tests {
         }
         let long = "a".repeat(250);
         assert!(render_routing_key(&t, &[("id", &long)]).is_err());
+    }
+
+    #[test]
+    fn every_parameter_copied_into_a_header_is_one_word() {
+        for ok in ["42", "a-b_c~d", "caf\u{e9}", "a/b", &"a".repeat(255)] {
+            assert!(check_word("note", ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "a.b",
+            "*",
+            "a#",
+            "a\u{0}b",
+            "a\rb",
+            "\u{7f}",
+            &"a".repeat(256),
+        ] {
+            assert!(
+                matches!(check_word("note", bad), Err(GatewayError::BadRequest(m)) if m.contains("`note`")),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn an_overlong_content_type_is_415_before_anything_else() {
+        let t = target("k");
+        let mut h = HeaderMap::new();
+        let long = format!("application/json; x={}", "a".repeat(255 - 20));
+        assert_eq!(long.len(), 255);
+        h.insert(CONTENT_TYPE, HeaderValue::from_str(&long).unwrap());
+        let (ct, json) = check_content_type(&h, &Method::POST, b"{}", &t).unwrap();
+        assert_eq!((ct, json), (Some(long.as_str()), true));
+        let longer = format!("{long}a");
+        h.insert(CONTENT_TYPE, HeaderValue::from_str(&longer).unwrap());
+        assert!(matches!(
+            check_content_type(&h, &Method::POST, b"{}", &t),
+            Err(GatewayError::UnsupportedMediaType(m)) if m.contains("255")
+        ));
+        // Even where the media type alone would also be refused: the length is checked first.
+        let other = format!("text/plain; x={}", "a".repeat(300));
+        h.insert(CONTENT_TYPE, HeaderValue::from_str(&other).unwrap());
+        assert!(matches!(
+            check_content_type(&h, &Method::POST, b"{}", &t),
+            Err(GatewayError::UnsupportedMediaType(m)) if m.contains("at most 255")
+        ));
     }
 
     #[test]
