@@ -20,7 +20,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use reqwest::StatusCode;
-use support::gateway::base_config_amqp;
+use support::gateway::{base_config_amqp, publish_route, topic_exchange};
 use support::{PrivateNode, TestGateway, TestQueue, private_tls_node, unique_name};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -126,19 +126,10 @@ fn gateway_config(node: &PrivateNode, host: &str, tls: &str) -> (String, String)
     let exchange = unique_name("amqps");
     let url = format!("amqps://guest:guest@{host}:{}/%2f", node.tls_port());
     let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "create-order"
-path = "/orders"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "order.created" }}
-"#,
-        base = base_config_amqp(&url, &format!("tls = {{ {tls} }}")),
+        "{}{}{}",
+        base_config_amqp(&url, &format!("tls = {{ {tls} }}")),
+        topic_exchange(&exchange),
+        publish_route("create-order", "/orders", &exchange, "order.created", "")
     );
     (config, exchange)
 }

@@ -11,6 +11,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::gateway::{publish_route, topic_exchange};
 use support::{TestGateway, amqp_url, base_config, free_port, unique_name};
 
 /// A gateway config whose `[amqp]` lists `urls` and opens `connections` connections, with an
@@ -29,18 +30,9 @@ fn config(urls: &[String], connections: usize) -> (String, String) {
             1,
         );
     let text = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "create-order"
-path = "/orders"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "order.created" }}
-"#
+        "{base}{}{}",
+        topic_exchange(&exchange),
+        publish_route("create-order", "/orders", &exchange, "order.created", "")
     );
     (text, exchange)
 }

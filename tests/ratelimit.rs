@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use lapin::ExchangeKind;
 use serde_json::json;
-use support::gateway::read_route;
+use support::gateway::{publish_route, read_route, topic_exchange};
 use support::http::{Answer, get};
 use support::origin::Reply;
 use support::poll::eventually;
@@ -274,20 +274,16 @@ async fn a_rate_limited_write_publishes_nothing() {
     let url = amqp_url();
     let exchange = unique_name("limited");
     let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "create-order"
-path = "/orders"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "order.created" }}
-rate_limits = [ {{ by = "route", limit = 2, per = "1h" }} ]
-"#,
-        base = base_config(&url),
+        "{}{}{}",
+        base_config(&url),
+        topic_exchange(&exchange),
+        publish_route(
+            "create-order",
+            "/orders",
+            &exchange,
+            "order.created",
+            "rate_limits = [ { by = \"route\", limit = 2, per = \"1h\" } ]"
+        )
     );
     let gw = TestGateway::start(&config).await;
     let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;

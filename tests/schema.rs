@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lapin::ExchangeKind;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::gateway::{publish_route, topic_exchange};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -75,27 +76,17 @@ fn user_schema() -> Value {
 /// `POST /raw` without a schema (routing key `raw`), on a fresh topic exchange.
 fn config(exchange: &str, schema_file: &str) -> String {
     format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "create-thing"
-path = "/things"
-methods = ["POST"]
-auth = "public"
-schema = "{schema_file}"
-publish = {{ exchange = "{exchange}", routing_key = "thing.created" }}
-
-[[routes]]
-name = "raw"
-path = "/raw"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "raw" }}
-"#,
-        base = base_config(&amqp_url()),
+        "{}{}{}{}",
+        base_config(&amqp_url()),
+        topic_exchange(exchange),
+        publish_route(
+            "create-thing",
+            "/things",
+            exchange,
+            "thing.created",
+            &format!("schema = \"{schema_file}\"")
+        ),
+        publish_route("raw", "/raw", exchange, "raw", "")
     )
 }
 

@@ -86,6 +86,25 @@ pub fn read_route(name: &str, path: &str, upstream: &str, extra: &str) -> String
     )
 }
 
+/// `[[amqp.exchanges]]`: a topic exchange `name`, declared by the gateway.
+pub fn topic_exchange(name: &str) -> String {
+    format!("\n[[amqp.exchanges]]\nname = \"{name}\"\ntype = \"topic\"\n")
+}
+
+/// A public `POST` `[[routes]]` table named `name` on `path`, publishing to `exchange` with
+/// `routing_key`; `extra` adds lines (`schema = ...`, `rate_limits = ...`).
+pub fn publish_route(
+    name: &str,
+    path: &str,
+    exchange: &str,
+    routing_key: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"{exchange}\", routing_key = \"{routing_key}\" }}\n{extra}\n"
+    )
+}
+
 /// A running gateway.
 pub struct TestGateway {
     /// `http://127.0.0.1:PORT` of the public listener.
