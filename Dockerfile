@@ -3,12 +3,16 @@
 # amqp-gateway container image.
 #
 #   docker build -t amqp-gateway .
-#   docker run --rm -p 8080:8080 -e AMQP_URL=amqp://user:pass@rabbitmq:5672/%2f amqp-gateway
-#   docker run --rm amqp-gateway check --config /etc/amqp-gateway/gateway.toml
+#   docker run --rm -p 8080:8080 -e AMQP_URL=amqp://user:pass@rabbitmq:5672/%2f \
+#       -e JWT_SECRET="$(openssl rand -base64 48)" amqp-gateway
+#   docker run --rm -e AMQP_URL=… -e JWT_SECRET=… amqp-gateway check --config /etc/amqp-gateway/gateway.toml
 #
 # The runtime image holds the binary, CA certificates (amqps://, JWKS over
-# https) and the example config in /etc/amqp-gateway/; mount your own config
-# over it. It runs as uid 10001, listens on 0.0.0.0 (see ENV below) and stops
+# https), the JSON schemas and its default config (deploy/image.toml, the
+# demo's routes) in /etc/amqp-gateway/; mount your own config over it. That
+# config has no fallback for secrets: without AMQP_URL and JWT_SECRET the
+# gateway refuses to start and names the missing variable (the demo config,
+# config/gateway.toml, has a published demo JWT secret and is not copied). It runs as uid 10001, listens on 0.0.0.0 (see ENV below) and stops
 # gracefully on SIGTERM (server.shutdown_timeout, 30s in the example config:
 # give `docker stop -t` / stop_grace_period a little more).
 #
@@ -53,7 +57,8 @@ ENTRYPOINT ["consumer"]
 # ---------------------------------------------------------------- runtime (default)
 FROM base AS runtime
 COPY --from=builder /out/amqp-gateway /usr/local/bin/amqp-gateway
-COPY config/ /etc/amqp-gateway/
+COPY config/schemas/ /etc/amqp-gateway/schemas/
+COPY deploy/image.toml /etc/amqp-gateway/gateway.toml
 # The example config reads its listen addresses from these; 127.0.0.1 (its
 # default) would be unreachable from outside the container. Publish only
 # 8080; 9090 (/healthz, /readyz) is for the orchestrator and Prometheus.

@@ -57,6 +57,12 @@ pub enum GatewayError {
         /// More violations exist than are listed.
         truncated: bool,
     },
+    /// The `Idempotency-Key` was already used with another body (or content type) on this
+    /// route, method, path and subject: nothing was published.
+    #[error(
+        "this Idempotency-Key was already used with a different request body; nothing was published"
+    )]
+    IdempotencyKeyReused,
     /// The broker is unreachable or no publishing channel is up: nothing was published.
     #[error("the message broker is unavailable")]
     BrokerUnavailable {
@@ -143,7 +149,9 @@ impl GatewayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BadRequest(_) | Self::InvalidAuthRequest => StatusCode::BAD_REQUEST,
-            Self::InvalidEvent { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidEvent { .. } | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Unauthorized | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -169,6 +177,7 @@ impl GatewayError {
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::BadRequest(_) => "bad-request",
             Self::InvalidEvent { .. } => "invalid-event",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Unauthorized => "unauthorized",
             Self::InvalidAuthRequest => "invalid-auth-request",
             Self::InvalidToken => "invalid-token",

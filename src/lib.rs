@@ -30,6 +30,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod host;
+pub mod idempotency;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

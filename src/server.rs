@@ -28,11 +28,15 @@ use arc_swap::ArcSwap;
 use crate::amqp::{ChannelSet, PoolSettings};
 use crate::cache::Cache;
 use crate::config::{Config, RouteAction, ServerConfig};
+use crate::idempotency::IdempotencyRecord;
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 use crate::ratelimit::{RateLimits, SWEEP_INTERVAL};
 use crate::state::AppState;
 use crate::{admin, app};
+
+mod write_timeout;
+use write_timeout::WriteTimeout;
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +69,7 @@ pub async fn run(
         channels: channels.clone(),
         metrics: Arc::new(Metrics::new()),
         draining: Arc::new(AtomicBool::new(false)),
+        idempotency: IdempotencyRecord::default(),
     };
     // A JWKS URL that cannot be fetched stops start-up (the gateway never serves with a cold
     // key set): close the pool we just started.
@@ -161,6 +166,9 @@ struct Lasting {
     channels: ChannelSet,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    /// Kept across reloads: a retry after a reload must still meet the body it was first
+    /// sent with.
+    idempotency: IdempotencyRecord,
 }
 
 /// The request-handling state for `config`. With `previous` (a reload), upstreams whose
@@ -217,6 +225,7 @@ async fn build_state(
         max_json_depth: config.server.max_json_depth,
         retry_after: config.amqp.retry_after,
         draining: lasting.draining.clone(),
+        idempotency: lasting.idempotency.clone(),
     })
 }
 
@@ -303,6 +312,8 @@ struct HttpLimits {
     header_read_timeout: Duration,
     max_header_bytes: usize,
     max_headers: usize,
+    max_connections: Option<usize>,
+    write_timeout: Duration,
 }
 
 impl From<&ServerConfig> for HttpLimits {
@@ -311,6 +322,8 @@ impl From<&ServerConfig> for HttpLimits {
             header_read_timeout: s.header_read_timeout,
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
+            max_connections: s.max_connections,
+            write_timeout: s.write_timeout,
         }
     }
 }
@@ -330,6 +343,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// the wait). hyper answers oversized heads with 431 (414 for the URI), conflicting framing
 /// (`Content-Length` with `Transfer-Encoding`) with 400, and closes connections whose head does
 /// not arrive within `header_read_timeout`.
+///
+/// What hyper does not bound is bounded here: the wait for a connection's first byte and, on
+/// HTTP/2 (or undecided) connections, for their first request head, by `header_read_timeout`;
+/// a response write that makes no progress, by `write_timeout` ([`WriteTimeout`]); and the
+/// number of open connections, by `max_connections` (one semaphore permit per connection,
+/// taken *before* `accept`, so connections beyond it wait in the kernel's backlog).
 async fn serve_public(
     listener: TcpListener,
     router: Arc<ArcSwap<Router>>,
@@ -365,8 +384,25 @@ async fn serve_public(
     // as `auto` cancels them on graceful shutdown.
     let (stop_peeking, peeking) = watch::channel(());
     let graceful = GracefulShutdown::new();
+    let slots = limits
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     tokio::pin!(stop);
     loop {
+        // Waiting for a free slot before `accept` leaves new connections in the backlog (the
+        // kernel completes their handshake; nothing reads them) instead of accepting and
+        // dropping them: a client sees a slow start, not a reset, once a slot frees.
+        let permit = match &slots {
+            Some(slots) => tokio::select! {
+                () = &mut stop => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    // Never closed while the loop runs.
+                    Err(_) => break,
+                },
+            },
+            None => None,
+        };
         let (stream, peer) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
@@ -382,7 +418,11 @@ async fn serve_public(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let draining = draining.clone();
+        // Set by the first request head the connection completes (see the HTTP/2 guard below).
+        let served = Arc::new(AtomicBool::new(false));
+        let first_request = served.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            first_request.store(true, Ordering::Relaxed);
             request.extensions_mut().insert(ConnectInfo(peer));
             // The router current when the request arrived: a reload swaps it for the next
             // requests, this one finishes on the config it started with.
@@ -403,11 +443,22 @@ async fn serve_public(
         let mut peeking = peeking.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // Released when the connection ends, however it ends.
+            let _permit = permit;
+            let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
             let mut first = [0u8; H2_PREFACE.len()];
+            // A connection that sends nothing would otherwise wait here forever: hyper's
+            // header timer only starts once hyper has the connection.
             let plain_http1 = tokio::select! {
-                peeked = stream.peek(&mut first) => matches!(
-                    peeked, Ok(n) if n > 0 && first[..n] != H2_PREFACE[..n]
-                ),
+                peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => match peeked {
+                    Ok(peeked) => matches!(
+                        peeked, Ok(n) if n > 0 && first[..n] != H2_PREFACE[..n]
+                    ),
+                    Err(_) => {
+                        tracing::debug!(%peer, "Closing a connection that sent nothing within header_read_timeout.");
+                        return;
+                    }
+                },
                 _ = peeking.changed() => return,
             };
             let builder = if plain_http1 {
@@ -415,8 +466,32 @@ async fn serve_public(
             } else {
                 &builders.1
             };
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
+            let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
+            let connection = watcher.watch(builder.serve_connection(io, service));
+            let result = if plain_http1 {
+                // hyper's own `header_read_timeout` bounds every HTTP/1 head.
+                connection.await
+            } else {
+                // hyper has no header timeout for HTTP/2, nor for `auto` still reading a
+                // partial preface: a peer that stops after (part of) the preface, or after the
+                // SETTINGS exchange, and answers pings would hold the connection forever.
+                // Without a complete request head by the deadline, it is closed (dropped).
+                // Later idle periods are HTTP/2's own business (keep-alive pings).
+                let unserved = async {
+                    tokio::time::sleep_until(deadline).await;
+                    if served.load(Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    result = connection => result,
+                    () = unserved => {
+                        tracing::debug!(%peer, "Closing a connection without a request head within header_read_timeout.");
+                        return;
+                    }
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "Connection ended with an error.");
             }
         });

@@ -10,6 +10,7 @@ use crate::amqp::ChannelSet;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::config::{PublicHost, Route};
+use crate::idempotency::IdempotencyRecord;
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 use crate::ratelimit::RateLimits;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every route's rate limiters (swept by a task of [`crate::run`]).
     pub rate_limits: Arc<RateLimits>,
+    /// Which body each `Idempotency-Key` was first used with (per instance).
+    pub idempotency: IdempotencyRecord,
     /// Set when shutdown starts, so `/readyz` takes the instance out of rotation.
     pub draining: Arc<AtomicBool>,
 }

@@ -1051,3 +1051,47 @@ cache = {{ ttl = "60s" }}
             .all(|s| !s.headers.contains_key("authorization"))
     );
 }
+
+/// Hardening of the claims checks over HTTP: a `crit` header, a lifetime over
+/// `auth.max_token_lifetime`, an `exp` at u64::MAX (no overflow: refused here for its lifetime,
+/// served twice — verified, then cached — on a gateway without the option), a `roles` string.
+#[tokio::test]
+async fn crit_lifetime_huge_exp_and_a_roles_string() {
+    let s = setup(r#"max_token_lifetime = "1h""#, "").await;
+    let mut crit = Header::new(Algorithm::HS256);
+    crit.kid = Some("hs".into());
+    crit.crit = Some(vec!["exp".into()]);
+    let alice = claims("alice", &["admin"], "");
+    let crit_token = encode(&crit, &alice, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let mut long = alice.clone();
+    long["exp"] = json!(now() + 2 * 3600);
+    let mut huge = alice.clone();
+    huge["exp"] = json!(u64::MAX);
+    for (row, token) in [
+        ("crit header", crit_token),
+        ("2h lifetime over a 1h maximum", hs(&long)),
+        ("exp = u64::MAX over a 1h maximum", hs(&huge)),
+    ] {
+        let a = post(&s.gw, "/w/any", &[&bearer(&token)]).await;
+        check(row, &a, INVALID, &token);
+    }
+    let a = post(&s.gw, "/w/any", &[&bearer(&hs(&alice))]).await;
+    check("a 5-minute token", &a, ACCEPTED, "");
+    // Only the 5-minute token was published.
+    assert!(s.queue.next(WAIT).await.is_some());
+    assert!(s.queue.next(Duration::from_millis(300)).await.is_none());
+
+    let unbounded = setup("", "").await;
+    for round in ["verified", "cached"] {
+        let a = post(&unbounded.gw, "/w/any", &[&bearer(&hs(&huge))]).await;
+        check(&format!("exp = u64::MAX, {round}"), &a, ACCEPTED, "");
+    }
+    // A roles claim that is one space-separated string grants each role in it.
+    let mut roles = claims("bob", &[], "");
+    roles["realm_access"] = json!({"roles": "editor admin"});
+    let a = post(&unbounded.gw, "/w/admin", &[&bearer(&hs(&roles))]).await;
+    check("roles \"editor admin\" on an admin route", &a, ACCEPTED, "");
+    roles["realm_access"] = json!({"roles": "editor administrator"});
+    let a = post(&unbounded.gw, "/w/admin", &[&bearer(&hs(&roles))]).await;
+    assert_eq!(a.status, 403, "no role is matched by substring: {}", a.body);
+}

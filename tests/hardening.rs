@@ -563,3 +563,229 @@ async fn path_parameters_copied_into_headers_are_routing_key_words() {
         Some(lapin::types::AMQPValue::LongString("fine".into()))
     );
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty HTTP/2 SETTINGS frame (length 0, type 4, no flags, stream 0).
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Reads (and discards) until the server closes: `Some(elapsed)` at EOF or a reset, `None` if
+/// the connection is still open after `limit`.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn idle_and_preface_only_connections_are_closed_at_the_header_read_timeout() {
+    let gw = TestGateway::reads("header_read_timeout = \"300ms\"", "").await;
+    let preface_and_settings = [H2_PREFACE, H2_SETTINGS].concat();
+    let cases: [(&str, &[u8]); 4] = [
+        ("nothing sent", b""),
+        ("a partial HTTP/2 preface", &H2_PREFACE[..10]),
+        ("the whole preface", H2_PREFACE),
+        (
+            "preface and SETTINGS, then no request",
+            &preface_and_settings,
+        ),
+    ];
+    for (what, sent) in cases {
+        let mut s = TcpStream::connect(addr(&gw)).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let closed = closed_within(&mut s, Duration::from_secs(3)).await;
+        let elapsed = closed.unwrap_or_else(|| panic!("{what}: still open after 3 s"));
+        assert!(
+            elapsed >= Duration::from_millis(200),
+            "{what}: closed after {elapsed:?}, before the timeout"
+        );
+    }
+    // A prompt h2c request is served as ever.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = client.get(gw.at("/nothing")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status(), 404);
+}
+
+/// Sends one keep-alive request and returns the start of the answer (`None`: nothing within
+/// `limit`).
+async fn ask(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    s.write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_some(s, limit).await
+}
+
+async fn read_some(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(limit, s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Ok(_) => Some(String::new()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_until_one_closes() {
+    let gw = TestGateway::reads("max_connections = 2", "").await;
+    let mut a = TcpStream::connect(addr(&gw)).await.unwrap();
+    let mut b = TcpStream::connect(addr(&gw)).await.unwrap();
+    for s in [&mut a, &mut b] {
+        let answer = ask(s, Duration::from_secs(5)).await.expect("served");
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+    }
+    // The third connection completes its handshake (the backlog) but is not read.
+    let mut c = TcpStream::connect(addr(&gw)).await.unwrap();
+    let early = ask(&mut c, Duration::from_millis(500)).await;
+    assert_eq!(
+        early, None,
+        "a third connection was served while two were open"
+    );
+    // a and b are still served.
+    let answer = ask(&mut b, Duration::from_secs(5)).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+    drop(a);
+    let answer = read_some(&mut c, Duration::from_secs(5))
+        .await
+        .expect("the waiting connection was not served after a slot freed");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
+}
+
+/// An origin on port 0 answering every request with a chunked body: `prefix` bytes at once,
+/// then one byte every `trickle`, or (`None`) as fast as it can, forever. Each connection
+/// whose write fails (the gateway let go of it) is reported on the channel.
+async fn streaming_origin(
+    prefix: usize,
+    trickle: Option<Duration>,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<Instant>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let chunk = |n: usize| {
+                    let mut c = format!("{n:x}\r\n").into_bytes();
+                    c.extend(std::iter::repeat_n(b'a', n));
+                    c.extend_from_slice(b"\r\n");
+                    c
+                };
+                let big = chunk(64 * 1024);
+                let mut out = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                for _ in 0..prefix.div_ceil(64 * 1024) {
+                    out.extend_from_slice(&big);
+                }
+                let mut failed = s.write_all(&out).await.is_err();
+                while !failed {
+                    failed = match trickle {
+                        Some(every) => {
+                            tokio::time::sleep(every).await;
+                            s.write_all(&chunk(1)).await.is_err()
+                        }
+                        None => s.write_all(&big).await.is_err(),
+                    };
+                }
+                let _ = tx.send(Instant::now());
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_at_the_write_timeout() {
+    // An endless body over the 1 MiB buffer: streamed, by a fast origin.
+    let (origin, mut released) = streaming_origin(2 * 1024 * 1024, None).await;
+    let gw = TestGateway::in_front_of(
+        &origin,
+        "write_timeout = \"500ms\"",
+        &support::gateway::read_route("big", "/big", "o", ""),
+    )
+    .await;
+    let mut client = TcpStream::connect(addr(&gw)).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing: every buffer on the way fills, the gateway's write stalls, and
+    // after write_timeout the gateway must let go of the client and of the origin.
+    tokio::time::timeout(Duration::from_secs(15), released.recv())
+        .await
+        .expect("the origin's connection is still held 15 s after the client stopped reading")
+        .unwrap();
+    assert!(
+        closed_within(&mut client, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the client connection was not ended"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_cut_off_at_the_upstream_body_timeout() {
+    // 1.5 MiB at once (over the 1 MiB buffer, so it streams), then a byte every 100 ms forever.
+    let (origin, mut released) =
+        streaming_origin(1536 * 1024, Some(Duration::from_millis(100))).await;
+    let sections = format!(
+        "\n[upstreams.o]\ntargets = [\"{origin}\"]\ntimeout = \"1s\"\nconnect_timeout = \"300ms\"\nbody_timeout = \"1s\"\n{}",
+        support::gateway::read_route("big", "/big", "o", "")
+    );
+    let gw = TestGateway::reads("", &sections).await;
+    let mut client = TcpStream::connect(addr(&gw)).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // A client that reads everything it gets.
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "still streaming 10 s in (body_timeout 1s)");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &got[..got.len().min(64)]
+    );
+    assert!(got.len() > 1024 * 1024, "the streamed prefix arrived");
+    assert!(
+        !got.ends_with(b"\r\n0\r\n\r\n"),
+        "a body cut off at the deadline must not look complete"
+    );
+    tokio::time::timeout(Duration::from_secs(5), released.recv())
+        .await
+        .expect("the origin's connection is still held after body_timeout")
+        .unwrap();
+}

@@ -727,3 +727,121 @@ publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
     assert_eq!(x_cache(&r), "HIT", "other paths keep their entries");
     assert_eq!(origin.hits("/users/1"), 2);
 }
+
+/// `PUT path` with `key` and `body`; status and parsed body.
+async fn put_keyed(
+    gw: &TestGateway,
+    path: &str,
+    key: &str,
+    body: &'static str,
+    token: Option<&str>,
+) -> (StatusCode, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .put(gw.at(path))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body);
+    if let Some(token) = token {
+        req = req.header("authorization", support::tokens::bearer(token));
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    (status, headers, res.json().await.unwrap())
+}
+
+fn message_ids(deliveries: &[lapin::message::Delivery]) -> Vec<String> {
+    deliveries
+        .iter()
+        .map(|d| short(d.properties.message_id()).unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_is_422_and_nothing_is_published() {
+    let (gw, exchange) = gateway_with_exchange().await;
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let key = unique_name("key");
+    let (s1, _, first) = put_keyed(&gw, "/users/1", &key, r#"{"name":"Ada"}"#, None).await;
+    let (s2, _, again) = put_keyed(&gw, "/users/1", &key, r#"{"name":"Ada"}"#, None).await;
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
+    assert_eq!(first["event_id"], again["event_id"], "same key, same body");
+    let published = q.drain(QUIET).await;
+    let id = first["event_id"].as_str().unwrap();
+    assert_eq!(
+        message_ids(&published),
+        [id, id],
+        "published again, same message_id"
+    );
+
+    let (status, headers, problem) =
+        put_keyed(&gw, "/users/1", &key, r#"{"name":"Eve"}"#, None).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(
+        problem["type"],
+        "urn:amqp-gateway:problem:idempotency-key-reused"
+    );
+    assert!(
+        q.next(QUIET).await.is_none(),
+        "nothing published for the reused key"
+    );
+    // The key stays bound to its first body.
+    let (status, _, third) = put_keyed(&gw, "/users/1", &key, r#"{"name":"Ada"}"#, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(third["event_id"], first["event_id"]);
+    let d = q.next(WAIT).await.expect("the first body again");
+    assert_eq!(&d.data[..], br#"{"name":"Ada"}"#);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_path_and_subject() {
+    use support::tokens::{auth_section, claims, hs};
+    let exchange = unique_name("scoped");
+    let config = format!(
+        r#"{base}
+[[amqp.exchanges]]
+name = "{exchange}"
+type = "topic"
+{auth}
+[[routes]]
+name = "update-user"
+path = "/users/{{id}}"
+methods = ["PUT"]
+auth = "authenticated"
+publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
+"#,
+        base = base_config(&amqp_url()),
+        auth = auth_section("", ""),
+    );
+    let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let gw = TestGateway::start(&config).await;
+    let alice = hs(&claims("alice", &[], ""));
+    let bob = hs(&claims("bob", &[], ""));
+    let key = "shared-key-1";
+    let put = |path: &'static str, body: &'static str, token: &'static str| {
+        let gw = &gw;
+        async move {
+            let (status, _, answer) = put_keyed(gw, path, key, body, Some(token)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{path} {answer}");
+            answer["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let alice: &'static str = alice.leak();
+    let bob: &'static str = bob.leak();
+    let alice_1 = put("/users/1", "{}", alice).await;
+    // Another subject, same key and path, another body: its own request, not a reuse.
+    let bob_1 = put("/users/1", r#"{"x":1}"#, bob).await;
+    // Same subject and key on another path (another body too): another request.
+    let alice_2 = put("/users/2", r#"{"y":2}"#, alice).await;
+    // And the same subject, path and key again: the same id.
+    let alice_1_again = put("/users/1", "{}", alice).await;
+    assert_ne!(alice_1, bob_1, "two subjects never share an event id");
+    assert_ne!(alice_1, alice_2, "two paths never share an event id");
+    assert_eq!(alice_1, alice_1_again);
+    let ids = message_ids(&q.drain(QUIET).await);
+    assert_eq!(
+        ids,
+        [&alice_1, &bob_1, &alice_2, &alice_1].map(String::as_str)
+    );
+}

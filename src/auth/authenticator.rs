@@ -82,6 +82,8 @@ struct Inner {
     validations: Vec<(Algorithm, Validation)>,
     issuer: String,
     leeway: u64,
+    /// `auth.max_token_lifetime` in seconds.
+    max_lifetime: Option<u64>,
     claims: Claims,
     cache: Option<Cache<[u8; 32], Identity>>,
     /// JWKS refresh tasks, stopped when the last clone is dropped.
@@ -109,7 +111,11 @@ impl Expiry<[u8; 32], Identity> for TokenExpiry {
         identity: &Identity,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        let left = (identity.expires_at + self.leeway)
+        // Saturating: `exp` is the issuer's number, up to u64::MAX (a debug build would panic
+        // inside the cache, a release build wrap to an entry that expires at once).
+        let left = identity
+            .expires_at
+            .saturating_add(self.leeway)
             .saturating_sub(jsonwebtoken::get_current_timestamp());
         Some(Duration::from_secs(left).min(self.ttl))
     }
@@ -221,6 +227,7 @@ impl Authenticator {
                 validations,
                 issuer: config.issuer.clone(),
                 leeway,
+                max_lifetime: config.max_token_lifetime.map(|d| d.as_secs()),
                 claims,
                 cache,
                 tasks,
@@ -249,13 +256,16 @@ impl Authenticator {
             && let Some(identity) = cache.get(digest)
         {
             // The entry's expiry is coarse; the token's own `exp` is the bound.
-            if jsonwebtoken::get_current_timestamp() <= identity.expires_at + inner.leeway {
+            if jsonwebtoken::get_current_timestamp()
+                <= identity.expires_at.saturating_add(inner.leeway)
+            {
                 return Ok(identity);
             }
             cache.invalidate(digest);
         }
         let header = decode_header(token).map_err(|_| Rejection::InvalidToken("malformed"))?;
         check_typ(&header)?;
+        check_crit(&header)?;
         let candidates = self.candidates(&header, token).await?;
         let mut reason = "unknown-kid";
         for key in candidates {
@@ -269,6 +279,15 @@ impl Authenticator {
             };
             match decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
+                    if let Some(max) = inner.max_lifetime
+                        && !lifetime_within(
+                            &data.claims,
+                            max,
+                            jsonwebtoken::get_current_timestamp(),
+                        )
+                    {
+                        return Err(Rejection::InvalidToken("lifetime-too-long"));
+                    }
                     let identity = inner
                         .claims
                         .identity(&data.claims)
@@ -395,6 +414,45 @@ fn check_typ(header: &Header) -> Result<(), Rejection> {
         }
         Some(_) => Err(Rejection::InvalidToken("typ")),
     }
+}
+
+/// `crit` (RFC 7515 §4.1.11) lists header extensions the recipient must understand and
+/// process, or reject the token. The gateway implements none, and jsonwebtoken parses `crit`
+/// without acting on it, so any `crit` is refused (an empty list is invalid per the RFC too):
+/// accepting it would silently ignore a condition the issuer made mandatory.
+fn check_crit(header: &Header) -> Result<(), Rejection> {
+    match &header.crit {
+        None => Ok(()),
+        Some(_) => Err(Rejection::InvalidToken("crit")),
+    }
+}
+
+/// Whether the token lives no longer than `max` seconds: `exp - iat`, counted from `now`
+/// instead when `iat` is absent or in the future (an `iat` set just before a far `exp` must
+/// not hide a long life). A token without a numeric `exp` or with a malformed `iat` fails.
+/// Saturating arithmetic: `exp` may be anything up to u64::MAX.
+fn lifetime_within(claims: &Map<String, Value>, max: u64, now: u64) -> bool {
+    fn seconds(value: &Value) -> Option<u64> {
+        value.as_u64().or_else(|| {
+            // Negative or fractional times (NumericDate allows fractions): whole seconds,
+            // `as` saturates out-of-range floats.
+            value
+                .as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        })
+    }
+    let Some(exp) = claims.get("exp").and_then(seconds) else {
+        return false;
+    };
+    let start = match claims.get("iat") {
+        None => now,
+        Some(iat) => match seconds(iat) {
+            Some(iat) => iat.min(now),
+            None => return false,
+        },
+    };
+    exp.saturating_sub(start) <= max
 }
 
 /// The token of exactly one `Authorization: Bearer <token>` header (scheme case-insensitive,

@@ -25,7 +25,14 @@ pub struct AuthConfig {
     /// Clock leeway for `exp`/`nbf`. Default 30s, at most 60s.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
-    /// Claim holding the roles (array of strings, or one string); a dotted path such as
+    /// Longest lifetime a token may claim: tokens whose `exp - iat` (`exp - now` without
+    /// `iat`, or with an `iat` in the future) exceeds it get 401, so a leaked token minted with
+    /// a far `exp` (or none in practice: `exp` near u64::MAX) is not good for years. Default:
+    /// no limit.
+    #[serde(default, with = "humantime_serde")]
+    pub max_token_lifetime: Option<Duration>,
+    /// Claim holding the roles: an array of strings, or one string holding a space-separated
+    /// list (`"admin editor"` is two roles, like OAuth's `scope`); a dotted path such as
     /// `realm_access.roles`. A claim whose name itself contains dots (`https://x.io/roles`) is
     /// found too: the whole name is tried first. Default `roles`.
     #[serde(default = "default_roles_claim")]
@@ -187,6 +194,12 @@ pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
     }
     if auth.leeway > Duration::from_secs(60) {
         return Err(invalid("auth.leeway", "must be at most 60s"));
+    }
+    if auth
+        .max_token_lifetime
+        .is_some_and(|d| d < Duration::from_secs(1))
+    {
+        return Err(invalid("auth.max_token_lifetime", "must be at least 1s"));
     }
     if auth.keys.is_empty() {
         return Err(invalid("auth.keys", "at least one key is required"));

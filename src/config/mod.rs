@@ -148,7 +148,9 @@ pub struct ServerConfig {
     pub shutdown_delay: Duration,
     /// Deadline for a request head to arrive (slowloris). hyper uses the same timer while a
     /// keep-alive connection is idle, so this is also the idle timeout: keep it above the
-    /// upstream keep-alive timeout of any proxy in front (deploy/nginx.conf uses 5s). Default 10s.
+    /// upstream keep-alive timeout of any proxy in front (deploy/nginx.conf uses 5s). It also
+    /// bounds the start of every connection: one that sends nothing, or only (part of) the
+    /// HTTP/2 preface, and no complete request head within it is closed. Default 10s.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Deadline for reading a request body; a stalled body gets 408. Default 30s.
@@ -166,6 +168,18 @@ pub struct ServerConfig {
     /// 1–[`MAX_JSON_DEPTH_LIMIT`].
     #[serde(default = "default_max_json_depth")]
     pub max_json_depth: usize,
+    /// Most open client connections on the public listener. Beyond it, new connections wait
+    /// in the kernel's accept backlog (not refused, not read) until an open one closes, so a
+    /// flood of idle connections cannot exhaust file descriptors or memory. Default: no limit;
+    /// set it below the process's file-descriptor limit (`ulimit -n`) minus what upstream and
+    /// AMQP connections need.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// A response write to a client that makes no progress for this long (the client stopped
+    /// reading and the socket buffer is full) ends the connection, which releases the
+    /// upstream connection and task behind the response. Default 30s.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 /// Highest `server.max_json_depth`: serde_json refuses depth 128 itself (its recursion
@@ -227,6 +241,9 @@ const fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
 const fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
 }
 const fn default_max_header_bytes() -> usize {
@@ -344,6 +361,8 @@ struct RawUpstreamConfig {
     connect_timeout: Duration,
     #[serde(default = "default_fail_timeout", with = "humantime_serde")]
     fail_timeout: Duration,
+    #[serde(default = "default_upstream_body_timeout", with = "humantime_serde")]
+    body_timeout: Duration,
     #[serde(default)]
     tls: Option<TlsSettings>,
 }
@@ -360,6 +379,14 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long a target that failed to connect is skipped (passive health). Default 10s.
     pub fail_timeout: Duration,
+    /// Deadline for the part of a response body that is streamed to the client instead of
+    /// buffered (bodies over `cache.max_object_bytes` on reads, every answer of a proxied
+    /// write), counted from when streaming starts. `timeout` covers only the head and the buffered
+    /// prefix; without this bound an origin trickling bytes (or a client reading slowly enough
+    /// to stay under `server.write_timeout`) holds an upstream connection and a task forever.
+    /// When it passes, the response is cut off (the client sees an aborted body, never a short
+    /// complete one) and the upstream connection is closed. Default 5m, at least `timeout`.
+    pub body_timeout: Duration,
     /// TLS for `https://` targets (the `tls` table, or the defaults).
     pub tls: ClientTls,
 }
@@ -372,6 +399,9 @@ const fn default_upstream_connect_timeout() -> Duration {
 }
 const fn default_fail_timeout() -> Duration {
     Duration::from_secs(10)
+}
+const fn default_upstream_body_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,6 +463,11 @@ impl Config {
                 a.max_header_bytes != b.max_header_bytes,
             ),
             ("server.max_headers", a.max_headers != b.max_headers),
+            (
+                "server.max_connections",
+                a.max_connections != b.max_connections,
+            ),
+            ("server.write_timeout", a.write_timeout != b.write_timeout),
             (
                 "server.shutdown_timeout",
                 a.shutdown_timeout != b.shutdown_timeout,
@@ -529,6 +564,9 @@ impl RawConfig {
         if !(1..=1000).contains(&server.max_headers) {
             return Err(invalid("server.max_headers", "must be between 1 and 1000"));
         }
+        if server.max_connections == Some(0) {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
         if !(1..=MAX_JSON_DEPTH_LIMIT).contains(&server.max_json_depth) {
             return Err(invalid(
                 "server.max_json_depth",
@@ -540,6 +578,7 @@ impl RawConfig {
         for (key, value) in [
             ("server.header_read_timeout", server.header_read_timeout),
             ("server.body_read_timeout", server.body_read_timeout),
+            ("server.write_timeout", server.write_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
@@ -831,6 +870,12 @@ fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<Upstream
             "must be greater than zero and at most `timeout`",
         ));
     }
+    if upstream.body_timeout < upstream.timeout {
+        return Err(invalid(
+            format!("upstreams.{name}.body_timeout"),
+            "must be at least `timeout`",
+        ));
+    }
     let tls = ClientTls::load(upstream.tls.as_ref())
         .map_err(|e| invalid(format!("upstreams.{name}.tls.{}", e.field), e.message))?;
     Ok(UpstreamConfig {
@@ -838,6 +883,7 @@ fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<Upstream
         timeout: upstream.timeout,
         connect_timeout: upstream.connect_timeout,
         fail_timeout: upstream.fail_timeout,
+        body_timeout: upstream.body_timeout,
         tls,
     })
 }

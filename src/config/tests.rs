@@ -144,6 +144,8 @@ fn server_rules() {
         ("max_headers", "0"),
         ("header_read_timeout", "\"0s\""),
         ("body_read_timeout", "\"0s\""),
+        ("write_timeout", "\"0s\""),
+        ("max_connections", "0"),
     ] {
         let err = error_of(
             "admin_listen = \"127.0.0.1:9090\"",
@@ -1211,4 +1213,101 @@ fn demo_schema_accepts_what_the_demo_sends() {
     assert!(schema.validate(&demo).is_ok());
     let bad = serde_json::json!({"email": "not-an-email", "admin": true});
     assert_eq!(schema.validate(&bad).unwrap_err().errors.len(), 3);
+}
+
+/// The container image's default config (deploy/image.toml) must not trust a secret written in
+/// this repository: without `JWT_SECRET` (or `AMQP_URL`) it does not load, and the error names
+/// the variable.
+#[test]
+fn the_image_config_requires_its_secrets_from_the_environment() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/image.toml");
+    let secret = "a-secret-of-at-least-32-bytes-0123456789";
+    let env = |missing: &'static str| {
+        move |k: &str| {
+            let value = match k {
+                "AMQP_URL" => "amqp://gateway:gateway@rabbitmq:5672/%2f",
+                "JWT_SECRET" => secret,
+                "GATEWAY_SCHEMA_DIR" => "config/schemas",
+                _ => return None,
+            };
+            (k != missing).then(|| value.to_owned())
+        }
+    };
+    for missing in ["JWT_SECRET", "AMQP_URL"] {
+        let err = Config::load(&path, env(missing))
+            .expect_err("the image config must not load without its secrets")
+            .to_string();
+        assert_has(&err, &[missing, "not set", "image.toml"]);
+    }
+    let config = Config::load(&path, env("")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.auth.is_some());
+    // No `${VAR:-default}` for a secret, whatever the variable is called.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let setting = line.split('#').next().unwrap_or("");
+        if ["secret", "url ="].iter().any(|k| setting.contains(k)) {
+            assert!(!setting.contains(":-"), "a secret with a default: {line}");
+        }
+    }
+    // And the image uses it (config/gateway.toml, with the demo secret, is not copied).
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("COPY deploy/image.toml /etc/amqp-gateway/gateway.toml"),
+        "the Dockerfile must install deploy/image.toml as the image's config"
+    );
+    assert!(!dockerfile.contains("COPY config/ "));
+}
+
+#[test]
+fn connection_limits_and_body_deadlines() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.server.max_connections, None, "unlimited by default");
+    assert_eq!(c.server.write_timeout, Duration::from_secs(30));
+    let c = load(&BASE.replacen(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:9090\"\nmax_connections = 2\nwrite_timeout = \"5s\"",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.server.max_connections, Some(2));
+    assert_eq!(c.server.write_timeout, Duration::from_secs(5));
+    let upstream = |extra: &str| {
+        format!(
+            "{BASE}\n[upstreams.u]\ntargets = [\"http://127.0.0.1:1\"]\ntimeout = \"5s\"\n{extra}\n"
+        )
+    };
+    let c = load(&upstream("")).unwrap();
+    assert_eq!(c.upstreams["u"].body_timeout, Duration::from_secs(300));
+    let c = load(&upstream("body_timeout = \"1m\"")).unwrap();
+    assert_eq!(c.upstreams["u"].body_timeout, Duration::from_secs(60));
+    let err = load(&upstream("body_timeout = \"1s\""))
+        .unwrap_err()
+        .to_string();
+    assert_has(&err, &["upstreams.u.body_timeout", "at least `timeout`"]);
+}
+
+#[test]
+fn max_token_lifetime_is_optional_and_at_least_a_second() {
+    let auth = |extra: &str| {
+        format!(
+            "{BASE}\n[auth]\nissuer = \"i\"\naudience = \"a\"\n{extra}\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n"
+        )
+    };
+    assert_eq!(
+        load(&auth("")).unwrap().auth.unwrap().max_token_lifetime,
+        None
+    );
+    assert_eq!(
+        load(&auth("max_token_lifetime = \"24h\""))
+            .unwrap()
+            .auth
+            .unwrap()
+            .max_token_lifetime,
+        Some(Duration::from_secs(86400))
+    );
+    let err = load(&auth("max_token_lifetime = \"0s\""))
+        .unwrap_err()
+        .to_string();
+    assert_has(&err, &["auth.max_token_lifetime"]);
 }

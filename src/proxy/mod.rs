@@ -7,6 +7,7 @@
 //! to 502, and the whole exchange is bounded by the upstream `timeout` (→ 504).
 
 mod body;
+mod deadline;
 mod headers;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use body::{ClientBodyError, OutgoingBody};
+pub use deadline::{BodyDeadlineExceeded, DeadlineBody};
 pub use headers::{
     ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
 };
@@ -183,6 +185,11 @@ impl Upstream {
     /// The whole-exchange timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Deadline for the streamed part of a response body (`body_timeout`).
+    pub fn body_timeout(&self) -> Duration {
+        self.config.body_timeout
     }
 
     fn now_ms(&self) -> u64 {

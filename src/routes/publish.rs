@@ -22,13 +22,14 @@ use crate::amqp::{Event, PublishError};
 use crate::auth::Identity;
 use crate::config::{PARAM_HEADER_PREFIX, PublishTarget, is_json_media_type};
 use crate::error::GatewayError;
+use crate::idempotency::KeyUse;
 use crate::state::AppState;
 use crate::telemetry::REQUEST_ID;
 
 use super::{body, json};
 
-/// Namespace for `Idempotency-Key` → event id (UUIDv5), fixed forever: changing it would
-/// change the ids of retried requests across an upgrade.
+/// Namespace for `Idempotency-Key` → event id (UUIDv5), fixed forever: changing it (or the
+/// name's layout, see [`event_id`]) changes the ids of retried requests across an upgrade.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2c4e_8a57_4d0b_9b53_1d2e_7c41_a9f0);
 
 /// Longest `Idempotency-Key` we accept.
@@ -102,9 +103,20 @@ pub async fn handle(
     }
     let routing_key = render_routing_key(target, &params)?;
 
-    let event_id = event_id(headers, &route.name)?;
+    let scope = KeyScope {
+        route: &route.name,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        subject: identity.as_ref().map_or("", |i| i.subject.as_str()),
+    };
+    let (event_id, keyed) = event_id(headers, &scope)?;
     let correlation_id = optional_trace_header(headers, &REQUEST_ID)?;
     let traceparent = optional_trace_header(headers, &TRACEPARENT)?;
+    // Last check before publishing, so a request refused for anything else does not bind the
+    // key to its body.
+    if keyed && state.idempotency.check(event_id, content_type, &body) == KeyUse::Reused {
+        return Err(GatewayError::IdempotencyKeyReused);
+    }
 
     let param_headers: Vec<(String, &str)> = params
         .iter()
@@ -289,12 +301,30 @@ fn render_routing_key(
     Ok(key)
 }
 
-/// UUIDv7 by default; with `Idempotency-Key`, a UUIDv5 of route and key, so a retry of the same
-/// request carries the same `message_id` for consumers to deduplicate on.
-fn event_id(headers: &HeaderMap, route: &str) -> Result<Uuid, GatewayError> {
+/// What an `Idempotency-Key` is scoped to: the same key from another caller, on another path
+/// or with another method is another request (the draft leaves uniqueness to the client, and
+/// clients of different users cannot coordinate).
+#[derive(Debug, Clone, Copy)]
+struct KeyScope<'a> {
+    route: &'a str,
+    method: &'a str,
+    /// The request path as sent (before percent-decoding).
+    path: &'a str,
+    /// The verified `sub`; empty on public routes (a verified subject is never empty).
+    subject: &'a str,
+}
+
+/// UUIDv7 by default; with `Idempotency-Key`, a UUIDv5 of the key and its [`KeyScope`], so a
+/// retry of the same request carries the same `message_id` for consumers to deduplicate on.
+/// Returns whether the id came from a key.
+///
+/// The UUIDv5 name is each of route, method, path, subject and key as an 8-byte big-endian
+/// length followed by the bytes: no field can borrow bytes from its neighbour
+/// (route `a` + path `/bc` never equals route `a/b` + path `c`).
+fn event_id(headers: &HeaderMap, scope: &KeyScope<'_>) -> Result<(Uuid, bool), GatewayError> {
     let mut keys = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(key) = keys.next() else {
-        return Ok(Uuid::now_v7());
+        return Ok((Uuid::now_v7(), false));
     };
     let bad = || {
         GatewayError::BadRequest(format!(
@@ -311,11 +341,19 @@ fn event_id(headers: &HeaderMap, route: &str) -> Result<Uuid, GatewayError> {
     {
         return Err(bad());
     }
-    let mut name = Vec::with_capacity(route.len() + 1 + key.len());
-    name.extend_from_slice(route.as_bytes());
-    name.push(0);
-    name.extend_from_slice(key);
-    Ok(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name))
+    let fields: [&[u8]; 5] = [
+        scope.route.as_bytes(),
+        scope.method.as_bytes(),
+        scope.path.as_bytes(),
+        scope.subject.as_bytes(),
+        key,
+    ];
+    let mut name = Vec::with_capacity(fields.iter().map(|f| 8 + f.len()).sum());
+    for field in fields {
+        name.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        name.extend_from_slice(field);
+    }
+    Ok((Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name), true))
 }
 
 /// A tracing header copied into the message, if present and sane.
@@ -378,6 +416,22 @@ mod tests {
         assert!(render_routing_key(&t, &[("id", &long)]).is_err());
     }
 
+    fn scope<'a>(route: &'a str, method: &'a str, path: &'a str, subject: &'a str) -> KeyScope<'a> {
+        KeyScope {
+            route,
+            method,
+            path,
+            subject,
+        }
+    }
+
+    fn keyed(h: &HeaderMap, s: KeyScope<'_>) -> Uuid {
+        let (id, keyed) = event_id(h, &s).unwrap();
+        assert!(keyed);
+        assert_eq!(id.get_version_num(), 5);
+        id
+    }
+
     #[test]
     fn every_parameter_copied_into_a_header_is_one_word() {
         for ok in ["42", "a-b_c~d", "caf\u{e9}", "a/b", &"a".repeat(255)] {
@@ -425,22 +479,37 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_key_is_deterministic_per_route() {
+    fn idempotency_key_is_deterministic_per_route_method_path_and_subject() {
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", HeaderValue::from_static("abc"));
-        let a = event_id(&h, "r1").unwrap();
-        assert_eq!(a, event_id(&h, "r1").unwrap());
-        assert_ne!(a, event_id(&h, "r2").unwrap());
+        let a = keyed(&h, scope("r1", "PUT", "/u/1", "alice"));
+        assert_eq!(a, keyed(&h, scope("r1", "PUT", "/u/1", "alice")));
+        for other in [
+            scope("r2", "PUT", "/u/1", "alice"),
+            scope("r1", "PATCH", "/u/1", "alice"),
+            scope("r1", "PUT", "/u/2", "alice"),
+            scope("r1", "PUT", "/u/1", "bob"),
+            scope("r1", "PUT", "/u/1", ""),
+        ] {
+            assert_ne!(a, keyed(&h, other), "{other:?}");
+        }
+        // Length-prefixed fields: shifting bytes between neighbours is another name.
+        assert_ne!(
+            keyed(&h, scope("r", "PUT", "/ab", "")),
+            keyed(&h, scope("r", "PUT", "/a", "b"))
+        );
         h.append("idempotency-key", HeaderValue::from_static("def"));
-        assert!(event_id(&h, "r1").is_err());
+        assert!(event_id(&h, &scope("r1", "PUT", "/u/1", "alice")).is_err());
     }
 
     #[test]
     fn without_key_ids_are_v7_and_distinct() {
         let h = HeaderMap::new();
-        let a = event_id(&h, "r").unwrap();
+        let s = scope("r", "POST", "/", "");
+        let (a, keyed) = event_id(&h, &s).unwrap();
+        assert!(!keyed);
         assert_eq!(a.get_version_num(), 7);
-        assert_ne!(a, event_id(&h, "r").unwrap());
+        assert_ne!(a, event_id(&h, &s).unwrap().0);
     }
 
     mod fuzz {
@@ -467,7 +536,7 @@ mod tests {
                 if let Ok(v) = HeaderValue::from_bytes(&key) {
                     h.insert("idempotency-key", v);
                 }
-                let _ = event_id(&h, "r");
+                let _ = event_id(&h, &scope("r", "POST", "/", ""));
             }
         }
     }

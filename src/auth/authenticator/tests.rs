@@ -365,3 +365,132 @@ async fn verified_tokens_are_cached_and_bounded_by_exp() {
     assert!(uncached.inner.cache.is_none());
     assert!(uncached.verify(&token).await.is_ok());
 }
+
+/// `claims()` with `patch` applied (`null` removes a claim).
+fn patched(patch: Value) -> Value {
+    let mut c = claims();
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn a_crit_header_is_refused_whatever_it_lists() {
+    let auth = authenticator().await;
+    // Properly signed with the right key: only `crit` is wrong. jsonwebtoken itself ignores it.
+    for crit in [vec!["b64".to_owned()], vec!["exp".to_owned()], vec![]] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("hs".into());
+        header.crit = Some(crit.clone());
+        let token = encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(reason(&auth, &token).await, "crit", "crit = {crit:?}");
+    }
+    // A crit that is not a list of strings does not parse as a header at all.
+    let token = raw(
+        &json!({"alg": "HS256", "kid": "hs", "crit": "b64"}),
+        &claims(),
+        "sig",
+    );
+    assert_eq!(reason(&auth, &token).await, "malformed");
+}
+
+#[tokio::test]
+async fn max_token_lifetime_bounds_exp_minus_iat() {
+    let auth = Authenticator::start(&config(r#"max_token_lifetime = "1h""#))
+        .await
+        .unwrap();
+    let n = now();
+    for ok in [
+        json!({"iat": n, "exp": n + 3600}),
+        json!({"iat": null, "exp": n + 3000}),
+        // Issued a while ago: what counts is exp - iat.
+        json!({"iat": n - 3000, "exp": n + 500}),
+    ] {
+        assert!(auth.verify(&hs(&patched(ok.clone()))).await.is_ok(), "{ok}");
+    }
+    for too_long in [
+        json!({"iat": n, "exp": n + 3601}),
+        json!({"iat": null, "exp": n + 7200}),
+        // An iat in the future cannot shorten the life that is left.
+        json!({"iat": n + 7000, "exp": n + 7200}),
+        json!({"iat": n, "exp": u64::MAX}),
+        json!({"iat": 0, "exp": n + 60}),
+        json!({"iat": "yesterday", "exp": n + 60}),
+    ] {
+        assert_eq!(
+            reason(&auth, &hs(&patched(too_long.clone()))).await,
+            "lifetime-too-long",
+            "{too_long}"
+        );
+    }
+    // Without the option, a long-lived token is fine.
+    let unbounded = authenticator().await;
+    assert!(
+        unbounded
+            .verify(&hs(&patched(json!({"exp": n + 10 * 365 * 86400}))))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn huge_exp_neither_panics_nor_wraps() {
+    // `exp + leeway` overflowed u64 in the cache expiry and in the cache-hit check (a panic in
+    // debug builds, a wrap in release). Each token is verified twice: once by signature (and
+    // cached), once from the cache.
+    let auth = authenticator().await;
+    for exp in [json!(u64::MAX), json!(u64::MAX - 1), json!(i64::MAX)] {
+        let token = hs(&patched(json!({ "exp": exp.clone() })));
+        for round in 0..2 {
+            let verified = auth.verify(&token).await;
+            assert!(
+                verified.is_ok(),
+                "exp = {exp}, round {round}: {:?}",
+                verified.err()
+            );
+        }
+    }
+    auth.inner.cache.as_ref().unwrap().run_pending_tasks();
+    // An exp beyond u64 (a float) is not a NumericDate jsonwebtoken takes: refused, no panic.
+    assert_eq!(
+        reason(&auth, &hs(&patched(json!({"exp": 1e300})))).await,
+        "missing-claim"
+    );
+    // A past or negative exp is still expired, cached or not.
+    for exp in [json!(-1), json!(0), json!(now() - 3600)] {
+        let token = hs(&patched(json!({ "exp": exp.clone() })));
+        let r = reason(&auth, &token).await;
+        assert!(
+            matches!(r, "expired" | "bad-claim" | "missing-claim"),
+            "exp = {exp}: {r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_roles_string_is_a_space_separated_list() {
+    let auth = authenticator().await;
+    for (roles, expected) in [
+        (json!("admin"), vec!["admin"]),
+        (json!("admin editor"), vec!["admin", "editor"]),
+        (json!("  admin   editor "), vec!["admin", "editor"]),
+        (json!(["admin editor"]), vec!["admin editor"]),
+        (json!(42), vec![]),
+    ] {
+        let token = hs(&patched(
+            json!({ "realm_access": { "roles": roles.clone() } }),
+        ));
+        let identity = auth.verify(&token).await.unwrap();
+        assert_eq!(identity.roles, expected, "roles = {roles}");
+    }
+}

@@ -12,15 +12,16 @@ use hyper::body::Incoming;
 
 use crate::cache::policy::Timing;
 use crate::error::GatewayError;
-use crate::proxy::{OutgoingBody, Upstream};
+use crate::proxy::{DeadlineBody, OutgoingBody, Upstream};
 use crate::state::AppState;
 
 /// A body read up to a limit.
 pub(super) enum Buffered {
     /// The whole body.
     Complete(Bytes),
-    /// Over the limit: what was read, and the rest still to stream.
-    Partial(Vec<Bytes>, Incoming),
+    /// Over the limit: what was read, and the rest still to stream, by the upstream's
+    /// `body_timeout`.
+    Partial(Vec<Bytes>, DeadlineBody<Incoming>),
 }
 
 impl Buffered {
@@ -70,7 +71,7 @@ pub(super) async fn fetch(
             response_time: SystemTime::now(),
         };
         let (parts, body) = response.into_parts();
-        let body = buffer(body, limit).await?;
+        let body = buffer(body, limit, upstream.body_timeout()).await?;
         Ok::<_, GatewayError>(Fetched {
             parts,
             body,
@@ -90,8 +91,12 @@ pub(super) async fn fetch(
     result
 }
 
-/// Reads `body` up to `limit` bytes.
-async fn buffer(mut body: Incoming, limit: usize) -> Result<Buffered, GatewayError> {
+/// Reads `body` up to `limit` bytes; a longer body streams on within `body_timeout`.
+async fn buffer(
+    mut body: Incoming,
+    limit: usize,
+    body_timeout: std::time::Duration,
+) -> Result<Buffered, GatewayError> {
     let mut chunks = Vec::new();
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
@@ -100,7 +105,12 @@ async fn buffer(mut body: Incoming, limit: usize) -> Result<Buffered, GatewayErr
             len += data.len();
             chunks.push(data);
             if len > limit {
-                return Ok(Buffered::Partial(chunks, body));
+                // Beyond here `timeout` no longer applies (the exchange returns): without
+                // a deadline of its own a trickling origin would hold the stream forever.
+                return Ok(Buffered::Partial(
+                    chunks,
+                    DeadlineBody::new(body, body_timeout),
+                ));
             }
         }
     }

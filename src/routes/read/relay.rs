@@ -19,7 +19,7 @@ use http::header::{self, HeaderValue};
 use super::ReadRoute;
 use super::outbound::{self, Outbound, Target};
 use crate::error::GatewayError;
-use crate::proxy::{ClientBodyError, OutgoingBody, UpstreamError, response_headers};
+use crate::proxy::{ClientBodyError, DeadlineBody, OutgoingBody, UpstreamError, response_headers};
 use crate::routes::body;
 use crate::state::AppState;
 
@@ -88,6 +88,8 @@ pub(super) async fn handle(
             .filter_map(|value| value.to_str().ok());
         cache.invalidate_written(parts.uri.path(), related);
     }
+    // The answer streams; `timeout` bounded only its head.
+    let upstream_body = DeadlineBody::new(upstream_body, upstream.body_timeout());
     let mut response = Response::new(Body::new(upstream_body));
     *response.status_mut() = answer.status;
     *response.headers_mut() = headers;
