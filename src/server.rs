@@ -335,8 +335,142 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// HTTP/2 keep-alive pings notice dead peers holding streams open.
 const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a connection still silent when the listener stops may take to send its first
+/// byte (it is then served one request with `Connection: close`).
+const SHUTDOWN_FIRST_BYTE_GRACE: Duration = Duration::from_millis(500);
 /// The HTTP/2 connection preface (RFC 9113 §3.4), what `auto` looks for.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every public connection is served with.
+struct ConnectionContext<'a> {
+    router: &'a Arc<ArcSwap<Router>>,
+    draining: &'a Arc<AtomicBool>,
+    builders: &'a Arc<(
+        auto::Builder<TokioExecutor>,
+        auto::Builder<TokioExecutor>,
+        auto::Builder<TokioExecutor>,
+    )>,
+    /// Changes (closes) when the listener stops: connections still waiting for their first
+    /// byte get a short grace instead of their whole header deadline.
+    peeking: &'a watch::Receiver<()>,
+    graceful: &'a GracefulShutdown,
+    limits: HttpLimits,
+}
+
+/// Serves one accepted connection on its own task; `permit` is its `max_connections` slot;
+/// `stopped`: accepted from the backlog after the listener stopped.
+fn spawn_connection(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ctx: &ConnectionContext<'_>,
+    stopped: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let router = ctx.router.clone();
+    let draining = ctx.draining.clone();
+    // Set by the first request head the connection completes (see the HTTP/2 guard below).
+    let served = Arc::new(AtomicBool::new(false));
+    let first_request = served.clone();
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        first_request.store(true, Ordering::Relaxed);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        // The router current when the request arrived: a reload swaps it for the next
+        // requests, this one finishes on the config it started with.
+        let response = Router::clone(&router.load()).oneshot(request);
+        let draining = draining.clone();
+        async move {
+            let mut response = response.await?;
+            if draining.load(Ordering::Relaxed) {
+                // Close keep-alive connections one response at a time while draining.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let builders = ctx.builders.clone();
+    let mut peeking = ctx.peeking.clone();
+    let watcher = ctx.graceful.watcher();
+    let limits = ctx.limits;
+    tokio::spawn(async move {
+        // Released when the connection ends, however it ends.
+        let _permit = permit;
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let mut peek_until = if stopped {
+            deadline.min(tokio::time::Instant::now() + SHUTDOWN_FIRST_BYTE_GRACE)
+        } else {
+            deadline
+        };
+        let mut stopping = stopped;
+        let mut first = [0u8; H2_PREFACE.len()];
+        // A connection that sends nothing would otherwise wait here forever: hyper's
+        // header timer only starts once hyper has the connection. When the listener stops,
+        // one still silent gets a short grace (a proxy that just opened it is about to write
+        // its request; cutting it now would turn that request into a 502), then it is closed.
+        let plain_http1 = loop {
+            tokio::select! {
+                peeked = tokio::time::timeout_at(peek_until, stream.peek(&mut first)) => break match peeked {
+                    Ok(peeked) => matches!(
+                        peeked, Ok(n) if n > 0 && first[..n] != H2_PREFACE[..n]
+                    ),
+                    Err(_) => {
+                        tracing::debug!(%peer, "Closing a connection that sent nothing within header_read_timeout.");
+                        return;
+                    }
+                },
+                _ = peeking.changed(), if !stopping => {
+                    stopping = true;
+                    peek_until = peek_until.min(tokio::time::Instant::now() + SHUTDOWN_FIRST_BYTE_GRACE);
+                }
+            }
+        };
+        let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
+        if stopping && plain_http1 {
+            // Started after the listener stopped: served its one request without keep-alive,
+            // outside the graceful watch (which would close it unread); holding the watcher
+            // keeps the shutdown waiting for it.
+            let _watcher = watcher;
+            if let Err(error) = builders.2.serve_connection(io, service).await {
+                tracing::debug!(%peer, %error, "Connection ended with an error.");
+            }
+            return;
+        }
+        let builder = if plain_http1 {
+            &builders.0
+        } else {
+            &builders.1
+        };
+        let connection = watcher.watch(builder.serve_connection(io, service));
+        let result = if plain_http1 {
+            // hyper's own `header_read_timeout` bounds every HTTP/1 head.
+            connection.await
+        } else {
+            // hyper has no header timeout for HTTP/2, nor for `auto` still reading a
+            // partial preface: a peer that stops after (part of) the preface, or after the
+            // SETTINGS exchange, and answers pings would hold the connection forever.
+            // Without a complete request head by the deadline, it is closed (dropped).
+            // Later idle periods are HTTP/2's own business (keep-alive pings).
+            let unserved = async {
+                tokio::time::sleep_until(deadline).await;
+                if served.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = connection => result,
+                () = unserved => {
+                    tracing::debug!(%peer, "Closing a connection without a request head within header_read_timeout.");
+                    return;
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "Connection ended with an error.");
+        }
+    });
+}
 
 /// Serves `router` on `listener` (HTTP/1.1 and h2c) with the protocol limits, until `stop`
 /// resolves; then stops accepting and waits for open connections to finish (the caller bounds
@@ -379,14 +513,26 @@ async fn serve_public(
     // (peeked, not read) already differ from the HTTP/2 preface goes to an HTTP/1-only copy of
     // the same builder instead: 8 KiB less per keep-alive connection (8 MB at 1,000). Anything
     // undecided (a partial preface, EOF, an error) keeps the `auto` path.
-    let builders = Arc::new((builder.clone().http1_only(), builder));
-    // Dropped after the accept loop: connections still waiting for their first byte end then,
-    // as `auto` cancels them on graceful shutdown.
+    // The third serves connections that start while the listener stops: one HTTP/1 request,
+    // then close (hyper's graceful shutdown would close such a fresh connection unread).
+    let mut last_call = builder.clone().http1_only();
+    last_call.http1().keep_alive(false);
+    let builders = Arc::new((builder.clone().http1_only(), builder, last_call));
+    // Dropped after the accept loop: connections still waiting for their first byte get
+    // [`SHUTDOWN_FIRST_BYTE_GRACE`] more, then end.
     let (stop_peeking, peeking) = watch::channel(());
     let graceful = GracefulShutdown::new();
     let slots = limits
         .max_connections
         .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
+    let connection = ConnectionContext {
+        router: &router,
+        draining: &draining,
+        builders: &builders,
+        peeking: &peeking,
+        graceful: &graceful,
+        limits,
+    };
     tokio::pin!(stop);
     loop {
         // Waiting for a free slot before `accept` leaves new connections in the backlog (the
@@ -415,86 +561,21 @@ async fn serve_public(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let draining = draining.clone();
-        // Set by the first request head the connection completes (see the HTTP/2 guard below).
-        let served = Arc::new(AtomicBool::new(false));
-        let first_request = served.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            first_request.store(true, Ordering::Relaxed);
-            request.extensions_mut().insert(ConnectInfo(peer));
-            // The router current when the request arrived: a reload swaps it for the next
-            // requests, this one finishes on the config it started with.
-            let response = Router::clone(&router.load()).oneshot(request);
-            let draining = draining.clone();
-            async move {
-                let mut response = response.await?;
-                if draining.load(Ordering::Relaxed) {
-                    // Close keep-alive connections one response at a time while draining.
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let builders = builders.clone();
-        let mut peeking = peeking.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // Released when the connection ends, however it ends.
-            let _permit = permit;
-            let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-            let mut first = [0u8; H2_PREFACE.len()];
-            // A connection that sends nothing would otherwise wait here forever: hyper's
-            // header timer only starts once hyper has the connection.
-            let plain_http1 = tokio::select! {
-                peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)) => match peeked {
-                    Ok(peeked) => matches!(
-                        peeked, Ok(n) if n > 0 && first[..n] != H2_PREFACE[..n]
-                    ),
-                    Err(_) => {
-                        tracing::debug!(%peer, "Closing a connection that sent nothing within header_read_timeout.");
-                        return;
-                    }
-                },
-                _ = peeking.changed() => return,
-            };
-            let builder = if plain_http1 {
-                &builders.0
-            } else {
-                &builders.1
-            };
-            let io = TokioIo::new(WriteTimeout::new(stream, limits.write_timeout));
-            let connection = watcher.watch(builder.serve_connection(io, service));
-            let result = if plain_http1 {
-                // hyper's own `header_read_timeout` bounds every HTTP/1 head.
-                connection.await
-            } else {
-                // hyper has no header timeout for HTTP/2, nor for `auto` still reading a
-                // partial preface: a peer that stops after (part of) the preface, or after the
-                // SETTINGS exchange, and answers pings would hold the connection forever.
-                // Without a complete request head by the deadline, it is closed (dropped).
-                // Later idle periods are HTTP/2's own business (keep-alive pings).
-                let unserved = async {
-                    tokio::time::sleep_until(deadline).await;
-                    if served.load(Ordering::Relaxed) {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                tokio::select! {
-                    result = connection => result,
-                    () = unserved => {
-                        tracing::debug!(%peer, "Closing a connection without a request head within header_read_timeout.");
-                        return;
-                    }
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "Connection ended with an error.");
-            }
-        });
+        spawn_connection(stream, peer, permit, &connection, false);
+    }
+    // Connections the kernel completed but we had not accepted yet: a proxy in front may
+    // already have written a request on one (nginx opens a new upstream connection for nearly
+    // every request while we answer `Connection: close`). Closing the listener would reset
+    // them, and a POST sent on a reset connection is a 502 the proxy must not replay; serve
+    // them instead. Connections arriving after the listener is closed are refused, which a
+    // proxy safely retries elsewhere.
+    while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+        std::task::Poll::Ready(accepted) => std::task::Poll::Ready(Some(accepted)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+    {
+        spawn_connection(stream, peer, None, &connection, true);
     }
     drop(listener);
     drop(stop_peeking);

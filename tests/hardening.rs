@@ -789,3 +789,43 @@ async fn a_streamed_body_is_cut_off_at_the_upstream_body_timeout() {
         .expect("the origin's connection is still held after body_timeout")
         .unwrap();
 }
+
+/// A proxy in front may open a connection and write its request just as the gateway stops
+/// listening (nginx opens a new upstream connection for nearly every request while the
+/// gateway answers `Connection: close`). That request is served, with `Connection: close`,
+/// instead of the connection being cut (a 502 for a POST the proxy must not replay).
+#[tokio::test]
+async fn a_connection_opened_just_before_shutdown_is_served_not_cut() {
+    let origin = support::Origin::scripted("o", |_| support::origin::Reply::ok().body("ok")).await;
+    let gw = TestGateway::in_front_of(&origin.url, "", &proxy_route("")).await;
+    let mut silent = TcpStream::connect(gw.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let admin = gw.admin_url.clone();
+    let stopping = tokio::spawn(gw.shutdown());
+    // The admin listener stops with the public one: once it refuses, the accept loop is done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(admin.trim_start_matches("http://"))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop listening"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    silent
+        .write_all(b"GET /r/late HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut answer))
+        .await
+        .expect("the gateway neither answered nor closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    stopping.await.unwrap();
+}
