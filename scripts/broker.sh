@@ -52,7 +52,48 @@
 #   scripts/broker.sh env DIR
 #       Print the export lines of a running node again.
 #   scripts/broker.sh logs DIR [LINES]
-#       Print the tail of the node's logs.
+#       Print the tail of the node's logs (of every member's, for a cluster
+#       DIR).
+#
+# Clusters (fault tests against several nodes; see tests/support/cluster.rs):
+#   scripts/broker.sh cluster-start DIR N [--watch-pid PID]
+#       Boot N (2-5) private nodes on loopback in DIR/n1..DIR/nN, sharing ONE
+#       private epmd and ONE Erlang cookie, each with its own AMQP and
+#       distribution port, joined into one cluster, and wait until
+#       `cluster_status` lists all N running (deadline: $BROKER_BOOT_TIMEOUT
+#       per node, plus the same again for the cluster). Nodes boot one after
+#       the other: n1 first, then each next one joins the running ones by
+#       classic-config peer discovery (every member's rabbitmq.conf lists all
+#       N names); a node that still boots on its own is joined explicitly
+#       (stop_app, join_cluster, start_app). The VMs run with CPU-light
+#       scheduler flags (one scheduler, no busy-waiting): N nodes share a
+#       small machine. Prints, for `eval`:
+#         AMQP_CLUSTER_URLS      amqp://guest:guest@127.0.0.1:PORT/%2f per node,
+#                                space-separated, n1 first
+#         AMQP_CLUSTER_NODES     Erlang node names, space-separated, n1 first
+#         AMQP_CLUSTER_DIRS      DIR/n1 ... DIR/nN, space-separated
+#         AMQP_CLUSTER_HOME      DIR: HOME holding the shared .erlang.cookie
+#         AMQP_CLUSTER_EPMD_PORT the shared epmd port (ERL_EPMD_PORT)
+#         AMQP_CLUSTER_DIR       DIR
+#       Each DIR/nK is an ordinary node DIR for `down DIR/nK [--kill]`,
+#       `up DIR/nK`, `ctl DIR/nK ...`, `env DIR/nK` and `logs DIR/nK`; its
+#       VM's OS pid is in DIR/nK/rabbit.pid (for SIGSTOP/SIGCONT). `up`
+#       returns once the node has rejoined (the rabbit app runs). On failure
+#       it prints every member's log tail, stops what it started and exits
+#       non-zero. --watch-pid: as for `start` (the watchdog runs
+#       `cluster-stop DIR --remove`).
+#   scripts/broker.sh cluster-stop DIR [--remove]
+#       SIGKILL every member VM (their state is throwaway), then stop the
+#       shared epmd and the watchdog. Idempotent. With --remove, delete DIR.
+#   scripts/broker.sh cluster-env DIR
+#       Print the export lines of a cluster again.
+#
+# Cluster example:
+#   dir=$(mktemp -d)
+#   eval "$(scripts/broker.sh cluster-start "$dir" 3 --watch-pid $$)"
+#   scripts/broker.sh down "$dir/n2" --kill; scripts/broker.sh up "$dir/n2"
+#   scripts/broker.sh ctl "$dir/n1" cluster_status
+#   scripts/broker.sh cluster-stop "$dir" --remove
 #
 # Environment (read by `start` only; the defaults give the plain test node):
 #   BROKER_PLUGINS    plugins to enable, comma- or space-separated (default:
@@ -137,6 +178,8 @@ alive() {
 load_env() {
     local dir=$1
     [[ -f $dir/broker.env ]] || return 1
+    # Only cluster members' broker.env set these.
+    unset B_CLUSTER_DIR B_ERL_ARGS
     # shellcheck disable=SC1091
     . "$dir/broker.env"
 }
@@ -220,7 +263,8 @@ boot_server() {
         export RABBITMQ_CONFIG_FILES=$dir/conf.d
         export RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config
         # Distribution listens on loopback only.
-        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+        # B_ERL_ARGS: extra VM flags of cluster members (CPU-light schedulers).
+        export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}${B_ERL_ARGS:+ $B_ERL_ARGS}"
         # A background job of a non-interactive shell is not a process-group
         # leader, so setsid execs in place and $! is the server's PID.
         setsid "$RABBITMQ_BIN_DIR/rabbitmq-server" </dev/null >>"$dir/server.out" 2>&1 &
@@ -453,11 +497,14 @@ cmd_stop() {
         fi
         # The rabbitmq-server shell wrapper exits with the VM.
         terminate "$server_pid" 5
-        # Kill epmd last: rabbitmqctl needs it to find the node.
-        terminate "$epmd_pid" 2
-        # A rabbitmqctl that found our epmd dead may have spawned another
-        # (daemonized, PID unknown) on our port; ask it to quit.
-        epmd -port "$B_EPMD_PORT" -kill >/dev/null 2>&1 || true
+        # Kill epmd last: rabbitmqctl needs it to find the node. A cluster
+        # member's epmd is shared with the other members: cluster-stop's.
+        if [[ -z ${B_CLUSTER_DIR:-} ]]; then
+            terminate "$epmd_pid" 2
+            # A rabbitmqctl that found our epmd dead may have spawned another
+            # (daemonized, PID unknown) on our port; ask it to quit.
+            epmd -port "$B_EPMD_PORT" -kill >/dev/null 2>&1 || true
+        fi
         rm -f "$dir/broker.env"
     fi
     if ((remove)); then
@@ -513,6 +560,267 @@ cmd_up() {
     log "node $B_NODE up again in $(($(now_ms) - t0)) ms"
 }
 
+# --- Clusters ------------------------------------------------------------------
+
+# CPU-light VM flags for cluster members: N VMs share a small machine. One
+# scheduler (and one dirty CPU scheduler), no busy-waiting of idle
+# schedulers, a small async pool.
+CLUSTER_ERL_ARGS="+S 1:1 +SDcpu 1:1 +sbwt none +sbwtdcpu none +sbwtdio none +A 4"
+
+# The loaded cluster (DIR/cluster.env): its DIR, size, shared epmd port and
+# the members' Erlang names (space-separated, n1 first).
+C_DIR="" C_N=0 C_EPMD_PORT="" C_NODES=""
+
+# Loads DIR/cluster.env (written by `cluster-start`) into the current shell.
+load_cluster_env() {
+    local dir=$1
+    [[ -f $dir/cluster.env ]] || return 1
+    # shellcheck disable=SC1091
+    . "$dir/cluster.env"
+}
+
+print_cluster_exports() {
+    local k urls="" dirs=""
+    for ((k = 1; k <= C_N; k++)); do
+        load_env "$C_DIR/n$k" || die "member $C_DIR/n$k has no broker.env"
+        urls+="${urls:+ }amqp://guest:guest@127.0.0.1:$B_NODE_PORT/%2f"
+        dirs+="${dirs:+ }$C_DIR/n$k"
+    done
+    printf 'export AMQP_CLUSTER_URLS=%q\n' "$urls"
+    printf 'export AMQP_CLUSTER_NODES=%q\n' "$C_NODES"
+    printf 'export AMQP_CLUSTER_DIRS=%q\n' "$dirs"
+    printf 'export AMQP_CLUSTER_HOME=%q\n' "$C_DIR"
+    printf 'export AMQP_CLUSTER_EPMD_PORT=%q\n' "$C_EPMD_PORT"
+    printf 'export AMQP_CLUSTER_DIR=%q\n' "$C_DIR"
+}
+
+cluster_logs() {
+    local dir=$1 lines=${2:-40} m f
+    for f in "$dir"/epmd.out "$dir"/cluster.out; do
+        [[ -s $f ]] || continue
+        printf -- '----- tail -n %s %s -----\n' "$lines" "$f"
+        tail -n "$lines" "$f"
+    done
+    for m in "$dir"/n[0-9]*; do
+        [[ -d $m ]] || continue
+        printf -- '===== member %s =====\n' "$m"
+        show_logs "$m" "$lines"
+    done
+}
+
+# `"running_nodes":[...]` of the member whose broker.env is loaded.
+running_nodes() {
+    ctl cluster_status --formatter json </dev/null 2>/dev/null |
+        grep -o '"running_nodes":\[[^]]*\]' || true
+}
+
+# True when the loaded member's cluster_status lists every node of $C_NODES
+# as running.
+all_running() {
+    local running node
+    running=$(running_nodes)
+    for node in $C_NODES; do
+        [[ $running == *"\"$node\""* ]] || return 1
+    done
+}
+
+cmd_cluster_start() {
+    local dir=${1:-} n=${2:-} watch_pid=""
+    [[ -n $dir && -n $n ]] || usage
+    shift 2
+    while (($#)); do
+        case $1 in
+        --watch-pid)
+            watch_pid=${2:?--watch-pid needs a PID}
+            shift 2
+            ;;
+        *) usage ;;
+        esac
+    done
+    [[ $n =~ ^[2-5]$ ]] || die "cluster-start: N must be 2..5, not '$n'"
+    [[ -x $RABBITMQ_BIN_DIR/rabbitmq-server ]] ||
+        die "$RABBITMQ_BIN_DIR/rabbitmq-server not found; install it: apt-get install -y rabbitmq-server"
+    command -v epmd >/dev/null || die "epmd not found (Debian package erlang-base)"
+    command -v setsid >/dev/null || die "setsid not found (Debian package util-linux)"
+
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    [[ -f $dir/cluster.env ]] && die "$dir already holds a cluster; stop it first: $SELF cluster-stop $dir"
+    [[ -f $dir/broker.env ]] && die "$dir holds a single node; stop it first: $SELF stop $dir"
+
+    local epmd_port k tag nodes=() node_ports=() dist_ports=() taken=()
+    epmd_port=$(pick_port)
+    taken=("$epmd_port")
+    tag="amqpgw-$$-$RANDOM"
+    for ((k = 1; k <= n; k++)); do
+        nodes+=("$tag-n$k@localhost")
+        node_ports+=("$(pick_port "${taken[@]}")")
+        taken+=("${node_ports[-1]}")
+        dist_ports+=("$(pick_port "${taken[@]}")")
+        taken+=("${dist_ports[-1]}")
+    done
+
+    # One cookie for all members (and for rabbitmqctl with HOME=DIR).
+    rm -f "$dir/.erlang.cookie"
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$dir/.erlang.cookie")
+    chmod 400 "$dir/.erlang.cookie"
+    {
+        printf 'C_DIR=%q\n' "$dir"
+        printf 'C_N=%q\n' "$n"
+        printf 'C_EPMD_PORT=%q\n' "$epmd_port"
+        printf 'C_NODES=%q\n' "${nodes[*]}"
+    } >"$dir/cluster.env"
+    load_cluster_env "$dir"
+
+    local peers="" m
+    for ((k = 1; k <= n; k++)); do
+        peers+="cluster_formation.classic_config.nodes.$k = ${nodes[k - 1]}"$'\n'
+    done
+    for ((k = 1; k <= n; k++)); do
+        m=$dir/n$k
+        mkdir -p "$m/mnesia" "$m/log" "$m/conf.d"
+        : >"$m/rabbitmq-env.conf"
+        echo "[]." >"$m/enabled_plugins"
+        rm -f "$m/.erlang.cookie"
+        cp "$dir/.erlang.cookie" "$m/.erlang.cookie"
+        chmod 400 "$m/.erlang.cookie"
+        cat >"$m/rabbitmq.conf" <<CONF
+# Member n$k of a private test cluster; see scripts/broker.sh cluster-start.
+loopback_users.guest = true
+log.console = false
+log.file.level = info
+disk_free_limit.absolute = 1MB
+# A blank node joins the running members it finds among these.
+cluster_formation.peer_discovery_backend = classic_config
+${peers}# A node frozen (SIGSTOP) past net_ticktime and resumed must not leave the
+# cluster split for good.
+cluster_partition_handling = autoheal
+CONF
+        {
+            printf 'B_DIR=%q\n' "$m"
+            printf 'B_NODE=%q\n' "${nodes[k - 1]}"
+            printf 'B_NODE_PORT=%q\n' "${node_ports[k - 1]}"
+            printf 'B_DIST_PORT=%q\n' "${dist_ports[k - 1]}"
+            printf 'B_EPMD_PORT=%q\n' "$epmd_port"
+            printf 'B_MGMT_PORT=\n'
+            printf 'B_TLS_PORT=\n'
+            printf 'B_CLUSTER_DIR=%q\n' "$dir"
+            printf 'B_ERL_ARGS=%q\n' "$CLUSTER_ERL_ARGS"
+        } >"$m/broker.env"
+    done
+
+    local t0
+    t0=$(now_ms)
+    log "booting a $n-node cluster in $dir (epmd $epmd_port; amqp ports ${node_ports[*]})"
+    (
+        export HOME=$dir
+        cd "$dir"
+        setsid epmd -port "$epmd_port" -address 127.0.0.1 </dev/null >"$dir/epmd.out" 2>&1 &
+        echo $! >"$dir/epmd.pid"
+    )
+    local i
+    for ((i = 0; i < 100; i++)); do
+        epmd -port "$epmd_port" -names >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    epmd -port "$epmd_port" -names >/dev/null 2>&1 || cluster_fail "$dir" "private epmd did not come up on port $epmd_port"
+
+    # One after the other: a blank node discovers and joins the members that
+    # run already (no two nodes race to form their own clusters).
+    local failure
+    for ((k = 1; k <= n; k++)); do
+        load_env "$dir/n$k"
+        if ! failure=$(boot_server "$dir/n$k"); then
+            cluster_fail "$dir" "n$k ($B_NODE): $failure"
+        fi
+        if ((k > 1)) && [[ $(running_nodes) != *"\"${nodes[0]}\""* ]]; then
+            # Discovery did not join it: join explicitly.
+            log "n$k booted on its own; joining ${nodes[0]} with join_cluster"
+            {
+                ctl stop_app &&
+                    ctl join_cluster "${nodes[0]}" &&
+                    ctl start_app
+            } </dev/null >>"$dir/cluster.out" 2>&1 ||
+                cluster_fail "$dir" "n$k ($B_NODE) could not join ${nodes[0]}"
+        fi
+        log "n$k ($B_NODE) up after $(($(now_ms) - t0)) ms"
+    done
+
+    # Every member must see all N running.
+    local deadline=$(($(now_ms) + BOOT_TIMEOUT * 1000)) ok
+    for ((k = 1; k <= n; k++)); do
+        load_env "$dir/n$k"
+        ok=0
+        while (($(now_ms) < deadline)); do
+            if all_running; then
+                ok=1
+                break
+            fi
+            sleep 0.2
+        done
+        ((ok)) || cluster_fail "$dir" "n$k ($B_NODE) does not list all $n nodes running: $(running_nodes)"
+    done
+    log "cluster of $n up in $(($(now_ms) - t0)) ms: $C_NODES"
+
+    if [[ -n $watch_pid ]]; then
+        # shellcheck disable=SC2016 # $1.. expand in the inner sh
+        setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" cluster-stop "$3" --remove' \
+            broker-watchdog "$watch_pid" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
+        echo $! >"$dir/watchdog.pid"
+    fi
+    print_cluster_exports
+}
+
+# Prints the reason and every member's logs, stops what cluster-start
+# started (keeping DIR and its logs) and exits 1.
+cluster_fail() {
+    local dir=$1
+    log "error: $2"
+    cluster_logs "$dir" 40 >&2
+    cmd_cluster_stop "$dir"
+    exit 1
+}
+
+cmd_cluster_stop() {
+    local dir=${1:-} remove=0
+    [[ -n $dir ]] || usage
+    [[ ${2:-} == --remove ]] && remove=1
+    [[ -d $dir ]] || return 0
+    if load_cluster_env "$dir"; then
+        local watchdog_pid epmd_pid m pid pids=()
+        watchdog_pid=$(cat "$dir/watchdog.pid" 2>/dev/null || true)
+        if [[ -n $watchdog_pid && $watchdog_pid != "$$" ]] && alive "$watchdog_pid" &&
+            tr '\0' ' ' <"/proc/$watchdog_pid/cmdline" 2>/dev/null | grep -qF -- "$dir"; then
+            kill "$watchdog_pid" 2>/dev/null || true
+        fi
+        # Throwaway state: no graceful stop (which, member after member,
+        # costs seconds each). A frozen VM dies of SIGKILL too.
+        for m in "$dir"/n[0-9]*; do
+            for pid in "$(cat "$m/rabbit.pid" 2>/dev/null || true)" "$(cat "$m/server.pid" 2>/dev/null || true)"; do
+                if alive "$pid"; then
+                    kill -KILL "$pid" 2>/dev/null || true
+                    pids+=("$pid")
+                fi
+            done
+            rm -f "$m/broker.env"
+        done
+        local i
+        for pid in "${pids[@]}"; do
+            for ((i = 0; i < 50; i++)); do
+                alive "$pid" || break
+                sleep 0.1
+            done
+        done
+        epmd_pid=$(cat "$dir/epmd.pid" 2>/dev/null || true)
+        terminate "$epmd_pid" 2
+        epmd -port "$C_EPMD_PORT" -kill >/dev/null 2>&1 || true
+        rm -f "$dir/cluster.env"
+    fi
+    if ((remove)); then
+        rm -rf "$dir"
+    fi
+}
+
 main() {
     local cmd=${1:-}
     (($#)) && shift
@@ -535,7 +843,18 @@ main() {
         ;;
     logs)
         [[ -n ${1:-} ]] || usage
-        show_logs "$1" "${2:-40}"
+        if [[ -f $1/cluster.env ]]; then
+            cluster_logs "$1" "${2:-40}"
+        else
+            show_logs "$1" "${2:-40}"
+        fi
+        ;;
+    cluster-start) cmd_cluster_start "$@" ;;
+    cluster-stop) cmd_cluster_stop "$@" ;;
+    cluster-env)
+        [[ -n ${1:-} ]] || usage
+        load_cluster_env "$1" || die "no cluster in $1"
+        print_cluster_exports
         ;;
     *) usage ;;
     esac

@@ -12,6 +12,9 @@
 #      reuses it (see tests/support/broker.rs); it is stopped on exit, and
 #      by a watchdog if this script is SIGKILLed;
 #   4. cargo test --all-targets (+ doc tests when there is a library).
+#      tests/cluster.rs boots its own private 3-node cluster besides
+#      (broker.sh cluster-start; ~20 s boot, ~1.5-2 min in all, every phase
+#      under a hard deadline, boot failures end with the members' logs).
 #
 # Usage:
 #   scripts/test.sh                  # everything

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The script that boots and stops private nodes (shared with test.sh).
-const BROKER_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
+pub const BROKER_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
 
 /// How long the AMQP-level readiness probe may take after the script said
 /// the node is up.
@@ -221,6 +221,12 @@ async fn private_once(
 }
 
 impl PrivateNode {
+    /// A handle on a node booted elsewhere by `scripts/broker.sh` (a cluster member of
+    /// `support::cluster`): `info.dir` must be the node's DIR, for `down`/`up`/logs.
+    pub fn from_info(info: NodeInfo) -> PrivateNode {
+        PrivateNode { info }
+    }
+
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`; the port stays the same across
     /// [`PrivateNode::down`] / [`PrivateNode::up`].
     pub fn url(&self) -> &str {
@@ -452,7 +458,7 @@ fn boot_node(tls: Option<&Path>) -> Result<NodeInfo, String> {
 }
 
 /// Parses `export NAME=VALUE` lines printed with bash's `printf %q`.
-fn parse_exports(stdout: &str) -> Vec<(String, String)> {
+pub fn parse_exports(stdout: &str) -> Vec<(String, String)> {
     stdout
         .lines()
         .filter_map(|l| l.strip_prefix("export "))

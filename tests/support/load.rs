@@ -35,6 +35,8 @@ pub struct Reply {
     pub key: String,
     /// HTTP status; 0 when no HTTP answer came (connection error, client timeout).
     pub status: u16,
+    /// When the request was sent.
+    pub sent_at: Instant,
     /// Time from sending to the complete answer.
     pub latency: Duration,
     /// `Retry-After`, if any.
@@ -52,6 +54,11 @@ impl Reply {
     pub fn accepted(&self) -> bool {
         (200..300).contains(&self.status)
     }
+
+    /// When the answer (or the transport error) came.
+    pub fn answered_at(&self) -> Instant {
+        self.sent_at + self.latency
+    }
 }
 
 /// POSTs a small JSON event to `url` with `key` as `Idempotency-Key` and `X-Request-Id`.
@@ -68,6 +75,7 @@ pub async fn post_event(client: &reqwest::Client, url: &str, key: &str) -> Reply
     let mut reply = Reply {
         key: key.to_owned(),
         status: 0,
+        sent_at: started,
         latency: Duration::ZERO,
         retry_after: None,
         problem: None,

@@ -9,6 +9,10 @@
 //!   broker use [`private_node`] instead: a node of the test binary's own (never the shared
 //!   one), with `down`/`up` (same ports, same data) and its own `ctl`; [`private_tls_node`]
 //!   is such a node with an amqps listener too (certificates of the test's making).
+//! * [`cluster`] — [`cluster::cluster`]: ONE private 3-node RabbitMQ cluster per test binary
+//!   (`scripts/broker.sh cluster-start`), each member a [`PrivateNode`] (`down`/`up`/`ctl`)
+//!   plus SIGSTOP/SIGCONT ([`cluster::Frozen`]), the health check between fault phases and
+//!   the quorum queue's leader.
 //! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query
 //!   ([`Origin::start`]) or by a closure of the test ([`Origin::scripted`], answering
 //!   [`origin::Reply`]s); it records every request ([`origin::Seen`], raw header bytes).
@@ -62,6 +66,7 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod cluster;
 pub mod gateway;
 pub mod http;
 pub mod load;
