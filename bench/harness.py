@@ -47,6 +47,7 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 WRITE_BODY = '{"name":"bench","email":"bench@example.com"}'
 QUEUE = "bench.events"
+CLASSIC_QUEUE = "bench.events.classic"
 EXCHANGE = "users"
 JWT_SECRET = "amqp-gateway-bench-secret-0123456789-abcdef"
 
@@ -598,6 +599,97 @@ class Bench:
                              {"conns": c})
         self.purge()
 
+    # -- cluster: where one node is not enough
+
+    def cluster(self):
+        """Confirmed writes into a 3-node quorum queue vs a single-node classic queue, and the
+        raw confirmed-publish ceiling on each, at `--cluster-conns` connections, in this run."""
+        a = self.args
+        D, W, C = a.duration, a.warmup, a.cluster_conns
+        json_hdr = {"Content-Type": "application/json"}
+
+        # One node, classic queue: the quorum queue's binding swapped for a classic one.
+        self.mgmt_call("PUT", f"/api/queues/%2F/{CLASSIC_QUEUE}", {
+            "durable": True,
+            "arguments": {"x-queue-type": "classic", "x-max-length": 100000,
+                          "x-overflow": "drop-head"},
+        })
+        self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{CLASSIC_QUEUE}",
+                       {"routing_key": "#"})
+        self.mgmt_call("DELETE", f"/api/bindings/%2F/e/{EXCHANGE}/q/{QUEUE}/%23", None)
+        try:
+            post = lambda c, d: wrk(self.gw + "/users", c, d, "POST", WRITE_BODY, json_hdr)  # noqa: E731
+            post(C, W)
+            self.measure("cluster", "gateway", "1 node, classic queue", [self.gateway, self.broker],
+                         lambda: post(C, D), {"conns": C})
+            self.measure("cluster", "raw-lapin", "1 node, classic queue", [self.broker],
+                         lambda: raw_publisher(self.bin_publisher, self.amqp_url, C, D, W),
+                         {"conns": C})
+        finally:
+            self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{QUEUE}",
+                           {"routing_key": "#"})
+            self.mgmt_call("DELETE", f"/api/queues/%2F/{CLASSIC_QUEUE}", None)
+
+        # Three nodes, quorum queue (3 replicas): a second gateway with `[amqp] urls`.
+        self.cluster_dir = f"/tmp/amqpgw-bench-cluster-{os.getpid()}"
+        log("booting a 3-node RabbitMQ cluster (scripts/broker.sh cluster-start)")
+        out = subprocess.run(
+            [os.path.join(ROOT, "scripts", "broker.sh"), "cluster-start", self.cluster_dir, "3",
+             "--watch-pid", str(os.getpid())],
+            check=True, capture_output=True, text=True,
+        )
+        exports = {}
+        for line in out.stdout.splitlines():
+            if line.startswith("export "):
+                k, v = line[len("export "):].split("=", 1)
+                exports[k] = shlex.split(v)[0] if v else ""
+        urls = exports["AMQP_CLUSTER_URLS"].replace(",", " ").split()
+        nodes = []
+        for k in range(1, len(urls) + 1):
+            with open(os.path.join(self.cluster_dir, f"n{k}", "rabbit.pid")) as f:
+                nodes.append(Group(f"broker-n{k}", int(f.read().strip())))
+        # Exchange, quorum queue on all three nodes, binding: with pika from the bench venv.
+        declare = (
+            "import sys, pika\n"
+            "ch = pika.BlockingConnection(pika.URLParameters(sys.argv[1])).channel()\n"
+            f"ch.exchange_declare('{EXCHANGE}', 'topic', durable=True)\n"
+            f"ch.queue_declare('{QUEUE}', durable=True, arguments={{'x-queue-type': 'quorum', "
+            "'x-quorum-initial-group-size': 3, 'x-max-length': 100000, "
+            "'x-overflow': 'drop-head'})\n"
+            f"ch.queue_bind('{QUEUE}', '{EXCHANGE}', '#')\n"
+        )
+        subprocess.run([os.path.join(a.venv, "bin", "python"), "-c", declare, urls[0]],
+                       check=True, capture_output=True, text=True)
+        with open(os.path.join(BENCH, "config", "gateway.toml")) as f:
+            conf = f.read()
+        conf = conf.replace('url = "${AMQP_URL}"',
+                            "urls = [" + ", ".join(json.dumps(u) for u in urls) + "]", 1)
+        conf_path = os.path.join(self.out, "gateway-cluster.toml")
+        with open(conf_path, "w") as f:
+            f.write(conf)
+        port, admin = free_port(), free_port()
+        proc = start("gateway-cluster", [self.bin_gateway, "--config", conf_path], self.out, env={
+            "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+            "GATEWAY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+            "JWT_SECRET": JWT_SECRET,
+            "ORIGIN_URL": f"http://127.0.0.1:{self.origin_port}",
+        })
+        gw = Group("gateway", proc.pid)
+        wait_http(f"http://127.0.0.1:{admin}/readyz", 60)
+        status, _, ready = http_request("GET", f"http://127.0.0.1:{admin}/readyz")
+        self.meta["cluster_readyz"] = json.loads(ready)
+        post = lambda c, d: wrk(f"http://127.0.0.1:{port}/users", c, d, "POST",  # noqa: E731
+                                WRITE_BODY, json_hdr)
+        post(C, W)
+        self.measure("cluster", "gateway", "3 nodes, quorum queue", [gw] + nodes,
+                     lambda: post(C, D), {"conns": C})
+        self.measure("cluster", "raw-lapin", "3 nodes, quorum queue", nodes,
+                     lambda: raw_publisher(self.bin_publisher, urls[0], C, D, W), {"conns": C})
+        proc.terminate()
+        proc.wait(timeout=30)
+        with open(os.path.join(self.out, "meta.json"), "w") as f:
+            json.dump(self.meta, f, indent=2)
+
     # -- read path
 
     def read_path(self):
@@ -671,6 +763,8 @@ class Bench:
             self.read_path()
         if "write" in a.sections:
             self.write_path()
+        if "cluster" in a.sections:
+            self.cluster()
         if "resources" in a.sections:
             self.resources()
 
@@ -689,7 +783,9 @@ def parse_args():
     p.add_argument("--write-systems", default="gateway,gateway-jwt,mgmt-http,flask-pika,raw-lapin")
     p.add_argument("--read-conns", type=int, default=64)
     p.add_argument("--read-tests", default="", help="comma-separated subset, e.g. 'cached,304'")
-    p.add_argument("--sections", default="read,write,resources")
+    p.add_argument("--sections", default="read,write,cluster,resources")
+    p.add_argument("--cluster-conns", type=int, default=64,
+                   help="connections for the cluster section (quorum on 3 nodes vs classic on 1)")
     p.add_argument("--gzip-level", type=int, default=6,
                    help="nginx gzip_comp_level; 6 = the gateway's (tower-http default)")
     a = p.parse_args()
@@ -719,6 +815,10 @@ def main():
                             f"{shlex.quote(args.out)}/ 2>/dev/null"])
             subprocess.run([os.path.join(ROOT, "scripts", "broker.sh"), "stop", broker_dir,
                             "--remove"], capture_output=True)
+        cluster_dir = getattr(bench, "cluster_dir", None)
+        if cluster_dir:
+            subprocess.run([os.path.join(ROOT, "scripts", "broker.sh"), "cluster-stop",
+                            cluster_dir, "--remove"], capture_output=True)
         cache = getattr(bench, "nginx_cache_dir", None)
         if cache and cache.startswith("/dev/shm/bench-nginx-cache-"):
             subprocess.run(["rm", "-rf", cache])

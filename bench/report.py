@@ -128,6 +128,32 @@ def render(out):
               f"{cpu('raw-lapin', 'publisher')} | {g['loadgen_cores'] if g else '–'} | {errs} |")
         w()
 
+    cl = {(r["system"], r["label"]): r for r in runs if r["section"] == "cluster"}
+    if cl:
+        c = next(iter(cl.values()))["conns"]
+        w(f"### Cluster: confirmed writes into a 3-node quorum queue vs one node (classic), {c} conns")
+        w()
+        w("| target | gateway (req/s) | p50 / p99 ms | raw lapin ceiling (msg/s) | gateway ÷ raw "
+          "| errors | CPU per 1,000: gateway / all brokers (ms) |")
+        w("|---|---:|---:|---:|---:|---:|---:|")
+        base = cl.get(("gateway", "1 node, classic queue"))
+        for label in ("1 node, classic queue", "3 nodes, quorum queue"):
+            g, r = cl.get(("gateway", label)), cl.get(("raw-lapin", label))
+            if not g:
+                continue
+            brokers = sum(v for k, v in g["cpu_ms_per_1k"].items() if k.startswith("broker"))
+            w(f"| {label} | {fmt_rate(g['rate'])} | {g['p50_ms']:.2f} / {g['p99_ms']:.2f} | "
+              f"{fmt_rate(r['rate'] if r else None)} | "
+              f"{fmt_ratio(ratio(g['rate'], r['rate'] if r else None), pct=True)} | "
+              f"{g['non_2xx_3xx'] + g['socket_errors']} | "
+              f"{g['cpu_ms_per_1k'].get('gateway', 0):.0f} / {brokers:.0f} |")
+        q = cl.get(("gateway", "3 nodes, quorum queue"))
+        if base and q:
+            w()
+            w(f"3-node quorum ÷ 1-node classic (gateway): {fmt_ratio(ratio(q['rate'], base['rate']))}"
+              " — every node of the cluster shares the same 2 cores with the gateway and wrk.")
+        w()
+
     reads = [r for r in runs if r["section"] == "read"]
     read_ratios = {}
     if reads:
