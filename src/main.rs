@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the config, print the route table, exit 0 (valid) or 1 (invalid).
+    /// Validate the config, print the route table, exit 0 (valid) or 64 (invalid).
     Check {
         /// Config file (TOML).
         #[arg(long, short)]
@@ -42,10 +42,14 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Exit status for a config that does not load: `EX_USAGE` (sysexits.h), so a supervisor or
+/// a deploy script can tell "fix the file" from a runtime failure (1).
+const EXIT_INVALID_CONFIG: u8 = 64;
+
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path, env).map_err(|e| {
         eprintln!("amqp-gateway: invalid config: {e}");
-        ExitCode::FAILURE
+        ExitCode::from(EXIT_INVALID_CONFIG)
     })
 }
 

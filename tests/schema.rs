@@ -398,7 +398,11 @@ async fn check_names_the_broken_schema_file_and_its_key() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "check must fail: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "an invalid config exits 64 (EX_USAGE): {stderr}"
+    );
     assert!(
         stderr.contains(&format!("routes[0].schema: {broken}: not valid JSON")),
         "{stderr}"
