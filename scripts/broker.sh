@@ -451,16 +451,19 @@ EOF
     fi
     log "node $B_NODE up in $(($(now_ms) - t0)) ms"
 
-    if [[ -n $watch_pid ]]; then
-        # Detached watchdog: outlives a SIGKILLed owner, ignores the
-        # terminal's signals, stops the node once the owner is gone.
-        # shellcheck disable=SC2016 # $1.. expand in the inner sh
-        setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" stop "$3" --remove' \
-            broker-watchdog "$watch_pid" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
-        echo $! >"$dir/watchdog.pid"
-    fi
+    [[ -n $watch_pid ]] && start_watchdog "$watch_pid" "$dir" stop
 
     print_exports
+}
+
+# Detached watchdog: outlives a SIGKILLed owner PID, ignores the terminal's
+# signals, and runs `broker.sh STOPCMD DIR --remove` once the owner is gone.
+start_watchdog() {
+    local owner=$1 dir=$2 stop_cmd=$3
+    # shellcheck disable=SC2016 # $1.. expand in the inner sh
+    setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" "$3" "$4" --remove' \
+        broker-watchdog "$owner" "$SELF" "$stop_cmd" "$dir" </dev/null >/dev/null 2>&1 &
+    echo $! >"$dir/watchdog.pid"
 }
 
 cmd_stop() {
@@ -762,12 +765,7 @@ CONF
     done
     log "cluster of $n up in $(($(now_ms) - t0)) ms: $C_NODES"
 
-    if [[ -n $watch_pid ]]; then
-        # shellcheck disable=SC2016 # $1.. expand in the inner sh
-        setsid sh -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec bash "$2" cluster-stop "$3" --remove' \
-            broker-watchdog "$watch_pid" "$SELF" "$dir" </dev/null >/dev/null 2>&1 &
-        echo $! >"$dir/watchdog.pid"
-    fi
+    [[ -n $watch_pid ]] && start_watchdog "$watch_pid" "$dir" cluster-stop
     print_cluster_exports
 }
 

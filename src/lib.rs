@@ -37,6 +37,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod schema;
 pub mod server;
+mod shared;
 pub mod state;
 pub mod telemetry;
 pub mod template;

@@ -198,22 +198,6 @@ pub fn https_connector(tls: &ClientTls, mut http: HttpConnector) -> HttpsConnect
     builder.enable_http1().enable_http2().wrap_connector(http)
 }
 
-/// An error and its sources on one line (`client error (Connect): invalid peer certificate:
-/// UnknownIssuer`): hyper-util's own message names only the stage, the TLS reason is a source.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
-
 /// The bytes of `path`, added to `fingerprint`.
 fn read(field: &'static str, path: &Path, fingerprint: &mut Sha256) -> Result<Vec<u8>, TlsError> {
     let bytes = std::fs::read(path)

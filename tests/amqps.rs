@@ -161,6 +161,17 @@ async fn assert_stays_unready(gw: &TestGateway, why: &str) {
     }
 }
 
+/// A queue on the node (over plain amqp) receiving the route's `order.created` events.
+async fn orders(node: &PrivateNode, exchange: &str) -> TestQueue {
+    TestQueue::bind(
+        node.url(),
+        exchange,
+        Some(ExchangeKind::Topic),
+        "order.created",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn publishes_over_amqps_trusting_a_private_ca() {
     let node = node().await;
@@ -170,13 +181,7 @@ async fn publishes_over_amqps_trusting_a_private_ca() {
         "localhost",
         &format!(r#"ca_file = "{}""#, pki.path("ca.pem")),
     );
-    let q = TestQueue::bind(
-        node.url(),
-        &exchange,
-        Some(ExchangeKind::Topic),
-        "order.created",
-    )
-    .await;
+    let q = orders(node, &exchange).await;
     let gw = TestGateway::start(&config).await;
 
     let body = r#"{"order":42,"note":"über TLS"}"#;
@@ -238,13 +243,7 @@ async fn server_name_replaces_the_url_host_in_verification() {
         "127.0.0.1",
         &format!(r#"{ca}, server_name = "localhost""#),
     );
-    let q = TestQueue::bind(
-        node.url(),
-        &exchange,
-        Some(ExchangeKind::Topic),
-        "order.created",
-    )
-    .await;
+    let q = orders(node, &exchange).await;
     let by_name = TestGateway::start(&config).await;
     assert_eq!(
         post_order(&by_name, r#"{"order":7}"#).await,
@@ -270,13 +269,7 @@ async fn the_client_certificate_is_presented_to_the_broker() {
             pki.path("client.key")
         ),
     );
-    let q = TestQueue::bind(
-        node.url(),
-        &exchange,
-        Some(ExchangeKind::Topic),
-        "order.created",
-    )
-    .await;
+    let q = orders(node, &exchange).await;
     let gw = TestGateway::start(&config).await;
     assert_eq!(
         post_order(&gw, r#"{"order":9}"#).await,

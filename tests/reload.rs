@@ -90,16 +90,22 @@ fn echo_origin_delaying(path: &'static str, delay: Duration) -> impl Fn(&Seen) -
     }
 }
 
-#[tokio::test]
-async fn a_valid_file_is_swapped_in_and_a_bad_one_refused() {
-    let origin = Origin::scripted("o", echo_origin_delaying("/never", Duration::ZERO)).await;
-    let file = ConfigFile::new("swap");
+/// A gateway started from its own config file with read route `a` on `/a/{*rest}` to `origin`.
+async fn serving_route_a(name: &str, origin: &Origin) -> (ConfigFile, TestGateway) {
+    let file = ConfigFile::new(name);
     let gw = TestGateway::from_file(file.write(
         "",
         &origin.url,
         &read_route("a", "/a/{*rest}", "o", ""),
     ))
     .await;
+    (file, gw)
+}
+
+#[tokio::test]
+async fn a_valid_file_is_swapped_in_and_a_bad_one_refused() {
+    let origin = Origin::scripted("o", echo_origin_delaying("/never", Duration::ZERO)).await;
+    let (file, gw) = serving_route_a("swap", &origin).await;
     assert_eq!(get(&gw.at("/a/x"), &[]).await.status, 200);
     assert_eq!(get(&gw.at("/b/x"), &[]).await.status, 404);
 
@@ -164,13 +170,7 @@ async fn a_request_in_flight_finishes_on_its_config() {
         echo_origin_delaying("/slow", Duration::from_millis(600)),
     )
     .await;
-    let file = ConfigFile::new("inflight");
-    let gw = TestGateway::from_file(file.write(
-        "",
-        &origin.url,
-        &read_route("a", "/a/{*rest}", "o", ""),
-    ))
-    .await;
+    let (file, gw) = serving_route_a("inflight", &origin).await;
     let slow_url = gw.at("/a/slow");
     let slow = tokio::spawn(async move { get(&slow_url, &[]).await });
     // The request is at the origin (recorded before its delay) before the reload.
@@ -236,13 +236,7 @@ async fn cache_entries_survive_for_unchanged_routes_only() {
 #[tokio::test]
 async fn sighup_reloads_the_file() {
     let origin = Origin::scripted("o", echo_origin_delaying("/never", Duration::ZERO)).await;
-    let file = ConfigFile::new("hup");
-    let gw = TestGateway::from_file(file.write(
-        "",
-        &origin.url,
-        &read_route("a", "/a/{*rest}", "o", ""),
-    ))
-    .await;
+    let (file, gw) = serving_route_a("hup", &origin).await;
     // Serving means `run` installed its SIGHUP handler (before it started listening).
     assert_eq!(get(&gw.at("/a/x"), &[]).await.status, 200);
     file.write("", &origin.url, &read_route("b", "/b/{*rest}", "o", ""));

@@ -24,6 +24,7 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 use rustls::ClientConfig;
 
+use crate::shared::ErrorChain;
 use crate::tls::ClientTls;
 
 /// The name the gateway's connections show in the broker's management UI and `rabbitmqctl`.
@@ -106,7 +107,7 @@ struct Node {
 
 impl Node {
     /// A node for `uri` (its defaults already applied). `tls` is used when the URL is
-    /// `amqps://`; without it, the defaults (Mozilla roots). `connect_timeout` bounds the TCP
+    /// `amqps://` (and required then). `connect_timeout` bounds the TCP
     /// connect and TLS handshake, or the URL's `connection_timeout` (ms) when shorter: lapin
     /// opens the stream on its own I/O thread, which would otherwise outlive a pool `create`
     /// that timed out and linger until the kernel gives up on an unanswered SYN.
@@ -118,15 +119,9 @@ impl Node {
         let tls = match uri.scheme {
             AMQPScheme::AMQP => None,
             AMQPScheme::AMQPS => {
-                let defaults;
-                let tls = match tls {
-                    Some(tls) => tls,
-                    None => {
-                        defaults = ClientTls::load(None)
-                            .map_err(|e| format!("amqp.tls.{}: {}", e.field, e.message))?;
-                        &defaults
-                    }
-                };
+                // Config validation gives every amqps:// URL a `ClientTls` (the defaults when
+                // there is no `tls` table).
+                let tls = tls.ok_or("an amqps:// URL needs TLS settings")?;
                 let name = match tls.server_name() {
                     Some(name) => name.to_str().into_owned(),
                     // The URL host, as lapin's default transport does.
@@ -191,7 +186,7 @@ impl deadpool::managed::Manager for Manager {
                 Ok(conn) => return Ok(NodeConnection { conn, node: index }),
                 Err(error) => {
                     if k + 1 < n {
-                        tracing::warn!(node = %node.label, error = %reason(&error), "AMQP node refused the connection; trying the next node.");
+                        tracing::warn!(node = %node.label, error = %ErrorChain(&error), "AMQP node refused the connection; trying the next node.");
                     }
                     last = Some(error);
                 }
@@ -243,24 +238,6 @@ fn lapin_io_error<RK: RuntimeKit>(error: io::Error, runtime: &Runtime<RK>) -> la
     }
 }
 
-/// `error` and its sources, as one line: "a: b: c", skipping a source whose text the previous
-/// message already contains (lapin and io::Error both repeat their inner error's text).
-pub(super) fn reason(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut last = line.clone();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !last.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        last = text;
-        source = e.source();
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,9 +255,10 @@ mod tests {
 
     #[test]
     fn amqps_verifies_the_url_host_unless_a_server_name_is_set() {
+        let defaults = ClientTls::load(None).unwrap();
         let m = Node::new(
             uri("amqps://u:p@10.0.0.7/%2f"),
-            None,
+            Some(&defaults),
             Duration::from_secs(5),
         )
         .unwrap();
@@ -310,17 +288,5 @@ mod tests {
         assert_eq!(m.stream_timeout, Duration::from_millis(300));
         let m = Node::new(uri("amqp://h/%2f?connection_timeout=60000"), None, five).unwrap();
         assert_eq!(m.stream_timeout, five);
-    }
-
-    #[test]
-    fn reason_walks_sources_without_repeating_them() {
-        let tls = io::Error::new(
-            io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
-        let error = lapin::Error::from(tls);
-        let line = reason(&error);
-        assert!(line.contains("UnknownIssuer"), "{line}");
-        assert_eq!(line.matches("UnknownIssuer").count(), 1, "{line}");
     }
 }

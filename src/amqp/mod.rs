@@ -136,8 +136,8 @@ impl fmt::Debug for BrokerUri {
 pub struct PoolSettings {
     /// Broker URLs, one per cluster node (passwords masked when printed).
     pub uris: Vec<BrokerUri>,
-    /// TLS towards the broker; used when the URL is `amqps://` (then `None` means the
-    /// defaults: Mozilla roots, no client certificate).
+    /// TLS towards the broker: required for `amqps://` URLs (config validation always sets
+    /// it then), ignored for `amqp://`.
     pub tls: Option<ClientTls>,
     /// Number of connections.
     pub connections: usize,

@@ -30,9 +30,10 @@ use lapin::{Channel, Connection, Event as ConnEvent};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::connect::{Manager, reason};
+use super::connect::Manager;
 use super::publish::{properties, publish_on};
 use super::{Event, PROPERTIES_BUDGET_BYTES, PoolSettings, PublishError};
+use crate::shared::{ErrorChain, lock};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -278,20 +279,11 @@ impl Inner {
 
     fn set_slot(&self, slot: usize, channels: Vec<Arc<Live>>) {
         // The mutex only serialises supervisors rebuilding the snapshot; requests never take it.
-        let mut slots = match self.slots.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut slots = lock(&self.slots);
         slots[slot] = channels;
         let live = slots.iter().flatten().cloned().collect();
         self.live.store(Arc::new(live));
     }
-}
-
-/// A lock that survives a panic elsewhere: the data is a list replaced whole, never left
-/// half-written.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The URL's settings, with `heartbeat=DEFAULT_HEARTBEAT_SECS` and
@@ -361,8 +353,8 @@ async fn connect(inner: &Inner) -> Result<(Object<Manager>, Vec<Channel>), Strin
         // lapin's errors never include the URL, so no password either.
         let conn = inner.pool.get().await.map_err(|e| {
             let why = match &e {
-                PoolError::Backend(e) => reason(e),
-                other => reason(other),
+                PoolError::Backend(e) => ErrorChain(e).to_string(),
+                other => ErrorChain(other).to_string(),
             };
             let nodes: Vec<String> = inner.settings.uris.iter().map(|u| u.authority()).collect();
             format!("connect to {}: {why}", nodes.join(", "))

@@ -22,7 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use super::keys::{KeySet, MAX_JWKS_BYTES, parse_jwks};
-use crate::tls::{ClientTls, ErrorChain, https_connector};
+use crate::shared::ErrorChain;
+use crate::tls::{ClientTls, https_connector};
 
 /// Settings shared by every JWKS URL (from `[auth]`).
 #[derive(Debug, Clone, Copy)]

@@ -37,6 +37,8 @@ use http::header::{HeaderName, HeaderValue};
 use moka::sync::Cache as Moka;
 use tokio::sync::watch;
 
+use crate::shared::lock;
+
 pub use entry::Entry;
 pub(crate) use entry::{Encoded, Freshness, Meta, Sharing};
 pub(crate) use key::Keys;
@@ -156,10 +158,7 @@ pub(crate) struct LeaderGuard {
 
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
-        let mut map = match self.inflight.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = lock(&self.inflight);
         map.remove(&self.key);
         // `_done` drops after this, waking every receiver.
     }
@@ -428,10 +427,7 @@ impl Cache {
 
     /// Leads the flight for `key`, or hands back the running leader's completion signal.
     fn lead(&self, key: &[u8]) -> Result<LeaderGuard, watch::Receiver<()>> {
-        let mut map = match self.inflight.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = lock(&self.inflight);
         if let Some(rx) = map.get(key) {
             return Err(rx.clone());
         }

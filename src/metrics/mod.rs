@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::amqp::{Readiness, SlotState};
+use crate::shared::lock;
 
 pub use layer::{RequestMetrics, RequestMetricsLayer, ResponseFuture};
 
@@ -299,10 +300,6 @@ impl Metrics {
         }
         out
     }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

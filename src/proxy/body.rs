@@ -7,7 +7,7 @@
 //! taken, the body is spent and [`OutgoingBody::attempt`] says so.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_http::timeout::{TimeoutBody, TimeoutError};
+
+use crate::shared::lock;
 
 /// Why the client's body could not be sent: found in the error of a failed exchange, so the
 /// answer blames the client (413/408/400) rather than the upstream (502).
@@ -35,14 +37,9 @@ pub enum ClientBodyError {
 impl ClientBodyError {
     /// The client-body error somewhere in `error`'s source chain, if any.
     pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
-        let mut next = Some(error);
-        while let Some(e) = next {
-            if let Some(found) = e.downcast_ref::<Self>() {
-                return Some(*found);
-            }
-            next = e.source();
-        }
-        None
+        std::iter::successors(Some(error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<Self>())
+            .copied()
     }
 }
 
@@ -105,11 +102,6 @@ impl OutgoingBody {
             Some(_) => None,
         }
     }
-}
-
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Body>> {
-    // The slot is only ever swapped, never left half-written: a poisoned lock is still sound.
-    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One attempt's view of the body: takes it from the slot on the first read.

@@ -34,7 +34,8 @@ pub(crate) use headers::{
 };
 
 use crate::config::UpstreamConfig;
-use crate::tls::{ErrorChain, https_connector};
+use crate::shared::ErrorChain;
+use crate::tls::https_connector;
 
 /// How long an idle pooled connection to a target is kept. Below typical upstream keep-alive
 /// timeouts would be ideal, but the client also retries a request whose pooled connection was
@@ -163,17 +164,11 @@ impl Upstreams {
 /// refused certificate, an alert from the peer) as an `io::Error` of kind `InvalidData`, which
 /// over h2 reaches us re-created from its message, so the kind is what survives.
 fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if e.is::<rustls::Error>()
+    std::iter::successors(Some(error), |e| e.source()).any(|e| {
+        e.is::<rustls::Error>()
             || e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+    })
 }
 
 impl Upstream {

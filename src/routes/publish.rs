@@ -96,11 +96,6 @@ pub async fn handle(
     if is_json {
         json::check(&body, state.max_json_depth, target.schema.as_deref())?;
     }
-    // Every parameter is copied into an `x-param-*` header, used in the routing key or not:
-    // consumers may route or look things up by it, so it gets the routing-key word rules.
-    for (name, value) in &params {
-        check_word(name, value)?;
-    }
     let routing_key = render_routing_key(target, &params)?;
 
     let scope = KeyScope {
@@ -280,17 +275,22 @@ fn check_word(name: &str, value: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// Renders the routing key; a path parameter must be one routing-key word.
+/// Checks the path parameters and renders the routing key. Every parameter must be one
+/// routing-key word, used in the key or not: each is also copied into an `x-param-*` header,
+/// which consumers may route or look things up by.
 fn render_routing_key(
     target: &PublishTarget,
     params: &[(&str, &str)],
 ) -> Result<String, GatewayError> {
+    for (name, value) in params {
+        check_word(name, value)?;
+    }
+    // A placeholder is always a path parameter (config validation): checked above.
     let key = target.routing_key.render(|name| {
         let value = params
             .iter()
             .find(|(k, _)| *k == name)
             .map_or("", |(_, v)| v);
-        check_word(name, value)?;
         Ok::<_, GatewayError>(Cow::Borrowed(value))
     })?;
     if key.len() > 255 {

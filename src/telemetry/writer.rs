@@ -11,7 +11,9 @@
 //! and dropping the [`FlushGuard`] writes out what is left.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use crate::shared::lock;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,11 +36,6 @@ struct Shared {
 struct Pending {
     buf: Vec<u8>,
     closed: bool,
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain bytes behind: keep logging.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {

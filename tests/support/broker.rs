@@ -410,13 +410,7 @@ fn boot_node(tls: Option<&Path>) -> Result<NodeInfo, String> {
     }
 
     let exports = parse_exports(&String::from_utf8_lossy(&out.stdout));
-    let get = |k: &str| {
-        exports
-            .iter()
-            .find(|(name, _)| name == k)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| format!("{BROKER_SH} did not print {k}:\n{stderr}"))
-    };
+    let get = |k: &str| export(&exports, k, "start", &stderr);
     let info = NodeInfo {
         url: get("AMQP_TEST_URL")?,
         node: Some(get("AMQP_TEST_NODE")?),
@@ -465,6 +459,21 @@ pub fn parse_exports(stdout: &str) -> Vec<(String, String)> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), unquote(v)))
         .collect()
+}
+
+/// Looks `name` up in `exports`; the error names what `command` failed to print, with its
+/// stderr.
+pub fn export(
+    exports: &[(String, String)],
+    name: &str,
+    command: &str,
+    stderr: &str,
+) -> Result<String, String> {
+    exports
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| format!("{BROKER_SH} {command} did not print {name}:\n{stderr}"))
 }
 
 /// Undoes `printf %q` for the values broker.sh prints (paths, URLs, names):

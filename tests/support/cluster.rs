@@ -18,7 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::broker::{BROKER_SH, NodeInfo, PrivateNode, parse_exports};
+use super::broker::{BROKER_SH, NodeInfo, PrivateNode, export, parse_exports};
 
 /// Members of the test cluster: 3, the smallest cluster with majority semantics (a quorum
 /// queue survives one node down, not two).
@@ -89,13 +89,7 @@ fn boot() -> Result<Cluster, String> {
         ));
     }
     let exports = parse_exports(&String::from_utf8_lossy(&out.stdout));
-    let get = |k: &str| {
-        exports
-            .iter()
-            .find(|(name, _)| name == k)
-            .map(|(_, v)| v.clone())
-            .ok_or_else(|| format!("{BROKER_SH} cluster-start did not print {k}:\n{stderr}"))
-    };
+    let get = |k: &str| export(&exports, k, "cluster-start", &stderr);
     let urls = get("AMQP_CLUSTER_URLS")?;
     let nodes = get("AMQP_CLUSTER_NODES")?;
     let dirs = get("AMQP_CLUSTER_DIRS")?;
