@@ -35,6 +35,7 @@ use crate::ratelimit::{RateLimits, SWEEP_INTERVAL};
 use crate::state::AppState;
 use crate::{admin, app};
 
+mod close;
 mod write_timeout;
 use write_timeout::WriteTimeout;
 
@@ -563,18 +564,10 @@ async fn serve_public(
         };
         spawn_connection(stream, peer, permit, &connection, false);
     }
-    // Connections the kernel completed but we had not accepted yet: a proxy in front may
-    // already have written a request on one (nginx opens a new upstream connection for nearly
-    // every request while we answer `Connection: close`). Closing the listener would reset
-    // them, and a POST sent on a reset connection is a 502 the proxy must not replay; serve
-    // them instead. Connections arriving after the listener is closed are refused, which a
-    // proxy safely retries elsewhere.
-    while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
-        std::task::Poll::Ready(accepted) => std::task::Poll::Ready(Some(accepted)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await
-    {
+    // Connections the kernel completed but we had not accepted yet: a proxy may already have
+    // written a request on one, which closing the listener would reset ([`close`]). Serve them.
+    let listener = listener.into_std()?;
+    for (stream, peer) in close::take_queued(&listener).await {
         spawn_connection(stream, peer, None, &connection, true);
     }
     drop(listener);

@@ -829,3 +829,86 @@ async fn a_connection_opened_just_before_shutdown_is_served_not_cut() {
     assert!(text.contains("connection: close"), "{text}");
     stopping.await.unwrap();
 }
+
+/// How one client connection fared across the shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    /// Connected, wrote its request, got a complete response.
+    Answered,
+    /// The connect was refused (or never completed): safe for a proxy to retry elsewhere.
+    Refused,
+    /// Connected and wrote its request, then the connection ended without a response: what a
+    /// proxy turns into a 502 it must not replay for a POST.
+    Cut,
+}
+
+/// One request on a new connection, the way nginx talks to an upstream while the gateway
+/// drains (a new connection per request). Blocking, on a thread of its own: like a proxy in
+/// another process, it can connect at any instant of the gateway's shutdown, not only when
+/// the test's runtime lets it.
+fn one_connection(addr: std::net::SocketAddr) -> Fate {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return Fate::Refused;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(b"GET /nowhere HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return Fate::Cut;
+    }
+    let mut answer = Vec::new();
+    match s.read_to_end(&mut answer) {
+        Ok(_) if answer.starts_with(b"HTTP/1.1 404") => Fate::Answered,
+        r => {
+            eprintln!("CUT {r:?} {:?}", String::from_utf8_lossy(&answer));
+            Fate::Cut
+        }
+    }
+}
+
+/// The listener's close races with clients still connecting: a connection the kernel
+/// completed after the last `accept` and before the close was reset with its request unread.
+/// Clients (threads, as another process would be) open connections as fast as they can
+/// across several shutdowns; every connection that was established must be answered, the
+/// others refused.
+#[tokio::test]
+async fn no_established_connection_is_cut_when_the_listener_closes() {
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 6;
+    let mut fates = std::collections::BTreeMap::new();
+    for _ in 0..ROUNDS {
+        let gw = gateway(&amqp_url(), &unique_name("cut"), true).await;
+        let target: std::net::SocketAddr = addr(&gw).parse().unwrap();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    loop {
+                        let fate = one_connection(target);
+                        seen.push(fate);
+                        if fate == Fate::Refused {
+                            return seen;
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gw.shutdown().await;
+        for c in clients {
+            let seen = tokio::task::spawn_blocking(move || c.join().unwrap())
+                .await
+                .unwrap();
+            for fate in seen {
+                *fates.entry(fate).or_insert(0usize) += 1;
+            }
+        }
+    }
+    eprintln!("connection fates over {ROUNDS} shutdowns: {fates:?}");
+    assert_eq!(fates.get(&Fate::Cut), None, "{fates:?}");
+    assert!(
+        fates.get(&Fate::Answered).copied().unwrap_or(0) > 1000,
+        "too few connections to mean anything: {fates:?}"
+    );
+}
