@@ -845,3 +845,158 @@ publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
         [&alice_1, &bob_1, &alice_2, &alice_1].map(String::as_str)
     );
 }
+
+/// A delivery read the way a CloudEvents SDK binding reads a binary-mode message: the
+/// `cloudEvents_`-prefixed application headers are the attributes, the AMQP `content_type` is
+/// `datacontenttype`, the body is the data (CloudEvents AMQP protocol binding 1.0.2, §3.1).
+/// The SDK's own event builder then checks what we sent (required attributes, RFC 3339 time).
+struct BinaryMode<'a>(&'a lapin::message::Delivery);
+
+impl cloudevents::message::BinaryDeserializer for BinaryMode<'_> {
+    fn deserialize_binary<R: Sized, V: cloudevents::message::BinarySerializer<R>>(
+        self,
+        mut visitor: V,
+    ) -> cloudevents::message::Result<R> {
+        use cloudevents::event::SpecVersion;
+        use cloudevents::message::{Error, MessageAttributeValue};
+        const PREFIX: &str = "cloudEvents_";
+        let delivery = self.0;
+        let text = |name: &str| header_str(delivery, &format!("{PREFIX}{name}"));
+        let version =
+            SpecVersion::try_from(text("specversion").ok_or(Error::WrongEncoding {})?.as_str())?;
+        let attributes = version.attribute_names();
+        visitor = visitor.set_spec_version(version)?;
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        for name in headers.inner().keys() {
+            let Some(attribute) = name.as_str().strip_prefix(PREFIX) else {
+                continue;
+            };
+            if attribute == "specversion" {
+                continue;
+            }
+            let value = MessageAttributeValue::String(text(attribute).unwrap());
+            visitor = if attributes.contains(&attribute) {
+                visitor.set_attribute(attribute, value)?
+            } else {
+                visitor.set_extension(attribute, value)?
+            };
+        }
+        if let Some(ct) = short(delivery.properties.content_type()) {
+            visitor = visitor.set_attribute(
+                "datacontenttype",
+                MessageAttributeValue::String(ct.to_owned()),
+            )?;
+        }
+        visitor.end_with_data(delivery.data.clone())
+    }
+}
+
+#[tokio::test]
+async fn cloudevents_routes_publish_binary_mode_events_an_sdk_reads() {
+    use cloudevents::AttributesReader;
+    use cloudevents::message::BinaryDeserializer;
+
+    let exchange = unique_name("ce");
+    let config = format!(
+        r#"{base}
+[[amqp.exchanges]]
+name = "{exchange}"
+type = "topic"
+
+[[routes]]
+name = "update user"
+path = "/users/{{id}}"
+methods = ["PUT"]
+auth = "public"
+publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated", cloudevents = true }}
+
+[[routes]]
+name = "create-order"
+path = "/orders"
+methods = ["POST"]
+auth = "public"
+[routes.publish]
+exchange = "{exchange}"
+routing_key = "order.created"
+cloudevents = {{ source = "https://shop.example.com/orders", type = "com.example.order.created" }}
+
+[[routes]]
+name = "plain"
+path = "/plain"
+methods = ["POST"]
+auth = "public"
+publish = {{ exchange = "{exchange}", routing_key = "plain" }}
+"#,
+        base = base_config(&amqp_url()),
+    );
+    let gw = TestGateway::start(&config).await;
+    let queue = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: &'static str| {
+        client
+            .request(method, gw.at(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // `cloudevents = true`: source from the route name, type = the AMQP type (routing key).
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let r = send(reqwest::Method::PUT, "/users/42", r#"{"name":"Ada"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let event_id = r.json::<serde_json::Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d = queue.expect(WAIT, "the CloudEvent").await;
+    let mut event = BinaryMode(&d).into_event().expect("an SDK reads the event");
+    assert_eq!(event.specversion(), cloudevents::event::SpecVersion::V10);
+    assert_eq!(event.id(), event_id);
+    assert_eq!(short(d.properties.message_id()), Some(event_id.as_str()));
+    assert_eq!(
+        event.source().to_string(),
+        "urn:amqp-gateway:route:update%20user"
+    );
+    assert_eq!(event.ty(), "user.42.updated");
+    assert_eq!(event.subject(), Some("/users/42"));
+    assert_eq!(event.datacontenttype(), Some("application/json"));
+    let time = std::time::SystemTime::from(*event.time().expect("a time attribute"));
+    assert!(
+        time >= before && time <= std::time::SystemTime::now() + Duration::from_secs(1),
+        "{time:?}"
+    );
+    let (_, _, data) = event.take_data();
+    assert_eq!(
+        data,
+        Some(cloudevents::Data::Binary(br#"{"name":"Ada"}"#.to_vec()))
+    );
+
+    // Source and type as configured.
+    let r = send(reqwest::Method::POST, "/orders", "{}").await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let d = queue.expect(WAIT, "the order CloudEvent").await;
+    let event = BinaryMode(&d).into_event().expect("an SDK reads the event");
+    assert_eq!(
+        event.source().to_string(),
+        "https://shop.example.com/orders"
+    );
+    assert_eq!(event.ty(), "com.example.order.created");
+    assert_eq!(short(d.properties.kind()), Some("order.created"));
+
+    // Without `cloudevents` the message carries none of the binding's headers, and is no
+    // CloudEvent to the SDK.
+    let r = send(reqwest::Method::POST, "/plain", "{}").await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let d = queue.expect(WAIT, "the plain event").await;
+    let headers = d.properties.headers().clone().unwrap_or_default();
+    assert!(
+        !headers
+            .inner()
+            .keys()
+            .any(|k| k.as_str().starts_with("cloudEvents_")),
+        "{headers:?}"
+    );
+    assert!(BinaryMode(&d).into_event().is_err());
+}

@@ -278,6 +278,10 @@ struct RawPublish {
     /// client pick any queue of the vhost. Refused unless this says it is meant.
     #[serde(default)]
     allow_client_routing_key: bool,
+    /// `true`, or `{ source = "...", type = "..." }`: checked by hand for errors that name
+    /// the key (serde's untagged enums only say "did not match any variant").
+    #[serde(default)]
+    cloudevents: Option<toml::Value>,
 }
 
 const fn default_status() -> u16 {
@@ -358,6 +362,93 @@ pub struct PublishTarget {
     /// The route's compiled JSON Schema (`schema = "..."`): every body must match it (422).
     /// Set only when every accepted content type is JSON (config validation).
     pub schema: Option<Arc<Schema>>,
+    /// CloudEvents binary mode (`cloudevents`): the event's attributes as `cloudEvents_*`
+    /// AMQP headers.
+    pub cloudevents: Option<CloudEventsConfig>,
+}
+
+/// `publish.cloudevents`: the CloudEvents 1.0 attributes the route's events carry, in the
+/// AMQP binding's binary mode (the body stays the request body; `datacontenttype` is the AMQP
+/// `content_type`). `id` is the event id, `subject` the request path, `time` the publish time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEventsConfig {
+    /// `source`: the table's `source` (a URI-reference), default
+    /// `urn:amqp-gateway:route:<route name, percent-encoded>`.
+    pub source: String,
+    /// `type`: the table's `type`, default the message's AMQP `type` (`publish.properties.type`,
+    /// else the rendered routing key).
+    pub event_type: Option<String>,
+}
+
+impl CloudEventsConfig {
+    /// Header-name prefix of the binding (CloudEvents AMQP binding 1.0.2 §3.1.3.1).
+    pub const PREFIX: &'static str = "cloudEvents_";
+
+    fn parse(
+        raw: toml::Value,
+        route: &str,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Option<Self>, Invalid> {
+        let default_source = || {
+            format!(
+                "urn:amqp-gateway:route:{}",
+                percent_encoding::utf8_percent_encode(route, percent_encoding::NON_ALPHANUMERIC)
+            )
+        };
+        let table = match raw {
+            toml::Value::Boolean(false) => return Ok(None),
+            toml::Value::Boolean(true) => toml::Table::new(),
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(invalid(
+                    key("cloudevents"),
+                    "must be `true`, `false` or a table `{ source = \"...\", type = \"...\" }`",
+                ));
+            }
+        };
+        let mut config = CloudEventsConfig {
+            source: default_source(),
+            event_type: None,
+        };
+        for (name, value) in table {
+            let field = format!("cloudevents.{name}");
+            let toml::Value::String(value) = value else {
+                return Err(invalid(key(&field), "must be a string"));
+            };
+            match name.as_str() {
+                // A URI-reference (RFC 3986): no spaces, controls or non-ASCII.
+                "source"
+                    if value.is_empty()
+                        || value.len() > 255
+                        || !value.chars().all(|c| c.is_ascii_graphic()) =>
+                {
+                    return Err(invalid(
+                        key(&field),
+                        "must be a URI-reference: 1–255 visible ASCII characters",
+                    ));
+                }
+                "source" => config.source = value,
+                "type"
+                    if value.is_empty()
+                        || value.len() > 255
+                        || value.chars().any(char::is_control) =>
+                {
+                    return Err(invalid(
+                        key(&field),
+                        "must be 1–255 bytes without control characters",
+                    ));
+                }
+                "type" => config.event_type = Some(value),
+                _ => {
+                    return Err(invalid(
+                        key(&field),
+                        "unknown key (expected `source` or `type`)",
+                    ));
+                }
+            }
+        }
+        Ok(Some(config))
+    }
 }
 
 /// Where a read route forwards.
@@ -529,7 +620,7 @@ impl RawRoute {
                         "`upstream_path`, `cache`, `etag`, `forward_authorization` and `compress` apply only to upstream routes",
                     ));
                 }
-                let mut target = publish.validate(i, &path_params, exchanges)?;
+                let mut target = publish.validate(i, &self.name, &path_params, exchanges)?;
                 if let Some(file) = self.schema {
                     // A schema describes JSON; a route that also took, say, text/plain would
                     // publish those bodies unchecked, so it may not.
@@ -632,6 +723,7 @@ impl RawPublish {
     fn validate(
         self,
         i: usize,
+        route: &str,
         path_params: &[String],
         exchanges: &BTreeSet<&str>,
     ) -> Result<PublishTarget, Invalid> {
@@ -745,12 +837,19 @@ impl RawPublish {
                 ));
             }
         }
+        let cloudevents = self
+            .cloudevents
+            .map(|raw| CloudEventsConfig::parse(raw, route, &key))
+            .transpose()?
+            .flatten();
+        let ce_prefix = CloudEventsConfig::PREFIX.to_ascii_lowercase();
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, value) in self.headers {
             let lower = name.to_ascii_lowercase();
             if RESERVED_HEADERS.contains(&lower.as_str())
                 || lower.starts_with(PARAM_HEADER_PREFIX)
                 || lower.starts_with(AUTH_HEADER_PREFIX)
+                || (cloudevents.is_some() && lower.starts_with(&ce_prefix))
             {
                 return Err(invalid(
                     key("headers"),
@@ -774,6 +873,7 @@ impl RawPublish {
             properties: self.properties,
             headers,
             schema: None,
+            cloudevents,
         })
     }
 }

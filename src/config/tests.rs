@@ -383,6 +383,80 @@ fn publish_route_variants_load() {
 }
 
 #[test]
+fn cloudevents_on_a_publish_route() {
+    let publish = |ce: &str| {
+        publish_route(&format!(
+            "exchange = \"users\", routing_key = \"user.{{id}}\", {ce}"
+        ))
+    };
+    let cloudevents = |ce: &str| {
+        let c = load(&with_route(&publish(ce))).unwrap();
+        let RouteAction::Publish(p) = &c.routes[1].action else {
+            panic!("publish route expected");
+        };
+        p.cloudevents.clone()
+    };
+    // `true`: the source names the route (percent-encoded), the type follows the message.
+    let on = cloudevents("cloudevents = true").unwrap();
+    assert_eq!(on.source, "urn:amqp-gateway:route:r2");
+    assert_eq!(on.event_type, None);
+    let spaced = load(&with_route(
+        &publish("cloudevents = true").replace("name = \"r2\"", "name = \"user updates\""),
+    ))
+    .unwrap();
+    let RouteAction::Publish(p) = &spaced.routes[1].action else {
+        panic!("publish route expected");
+    };
+    assert_eq!(
+        p.cloudevents.as_ref().map(|c| c.source.as_str()),
+        Some("urn:amqp-gateway:route:user%20updates")
+    );
+    assert_eq!(cloudevents("cloudevents = false"), None);
+    assert_eq!(cloudevents(""), None);
+    let set = cloudevents(
+        "cloudevents = { source = \"https://api.example.com/users\", type = \"com.example.user.updated\" }",
+    )
+    .unwrap();
+    assert_eq!(set.source, "https://api.example.com/users");
+    assert_eq!(set.event_type.as_deref(), Some("com.example.user.updated"));
+
+    for (ce, parts) in [
+        (
+            "cloudevents = \"yes\"",
+            &["publish.cloudevents", "`true`"][..],
+        ),
+        (
+            "cloudevents = { sauce = \"x\" }",
+            &["publish.cloudevents.sauce", "unknown key"],
+        ),
+        (
+            "cloudevents = { source = \"has space\" }",
+            &["publish.cloudevents.source", "URI-reference"],
+        ),
+        (
+            "cloudevents = { type = \"\" }",
+            &["publish.cloudevents.type"],
+        ),
+        (
+            "cloudevents = { type = 1 }",
+            &["publish.cloudevents.type", "string"],
+        ),
+        // The gateway sets the binding's headers; a static one would contradict them.
+        (
+            "cloudevents = true, headers = { \"CloudEvents_source\" = \"x\" }",
+            &["publish.headers", "set by the gateway"],
+        ),
+    ] {
+        assert_has(&route_error(&publish(ce)), parts);
+    }
+    // Without the binding the name is the route's own business.
+    load(&with_route(&publish(
+        "headers = { \"cloudEvents_source\" = \"x\" }",
+    )))
+    .unwrap();
+}
+
+#[test]
 fn route_rules() {
     let pub_ok = "publish = { exchange = \"users\", routing_key = \"k\" }\n";
     let route = |name: &str, path: &str, methods: &str| {

@@ -113,12 +113,20 @@ pub async fn handle(
         return Err(GatewayError::IdempotencyKeyReused);
     }
 
+    let mut event_id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let event_id_text: &str = event_id.hyphenated().encode_lower(&mut event_id_buf);
+    let message_type = target
+        .properties
+        .message_type
+        .as_deref()
+        .unwrap_or(&routing_key);
+    let now = SystemTime::now();
     let param_headers: Vec<(String, &str)> = params
         .iter()
         .map(|(k, v)| (format!("{PARAM_HEADER_PREFIX}{k}"), *v))
         .collect();
     let mut amqp_headers: Vec<(&str, &str)> =
-        Vec::with_capacity(3 + param_headers.len() + target.headers.len());
+        Vec::with_capacity(9 + param_headers.len() + target.headers.len());
     amqp_headers.push(("x-http-method", parts.method.as_str()));
     amqp_headers.push(("x-http-path", parts.uri.path()));
     amqp_headers.extend(param_headers.iter().map(|(k, v)| (k.as_str(), *v)));
@@ -131,9 +139,24 @@ pub async fn handle(
     if let Some(identity) = &identity {
         amqp_headers.extend(identity.headers());
     }
+    // CloudEvents binary mode: attributes as strings, as the binding's receivers accept them
+    // (`time` as RFC 3339: an AMQP 0-9-1 timestamp has whole seconds only).
+    let time;
+    if let Some(ce) = &target.cloudevents {
+        time = humantime::format_rfc3339_millis(now).to_string();
+        amqp_headers.extend([
+            ("cloudEvents_specversion", "1.0"),
+            ("cloudEvents_id", event_id_text),
+            ("cloudEvents_source", ce.source.as_str()),
+            (
+                "cloudEvents_type",
+                ce.event_type.as_deref().unwrap_or(message_type),
+            ),
+            ("cloudEvents_subject", parts.uri.path()),
+            ("cloudEvents_time", time.as_str()),
+        ]);
+    }
 
-    let mut event_id_buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let event_id_text: &str = event_id.hyphenated().encode_lower(&mut event_id_buf);
     let event = Event {
         exchange: &target.exchange,
         routing_key: &routing_key,
@@ -141,15 +164,9 @@ pub async fn handle(
         message_id: event_id_text,
         correlation_id,
         content_type: target.properties.content_type.as_deref().or(content_type),
-        message_type: target
-            .properties
-            .message_type
-            .as_deref()
-            .unwrap_or(&routing_key),
+        message_type,
         priority: target.properties.priority,
-        timestamp: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        timestamp: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         headers: amqp_headers,
     };
     let started = std::time::Instant::now();
@@ -393,6 +410,7 @@ mod tests {
             properties: Default::default(),
             headers: vec![],
             schema: None,
+            cloudevents: None,
         }
     }
 
