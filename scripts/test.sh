@@ -5,7 +5,8 @@
 #   1. installs missing system packages (rabbitmq-server, nginx, wrk, ...)
 #      with apt-get, without letting their maintainer scripts start the
 #      system services (we never use the system RabbitMQ or nginx);
-#   2. cargo fmt --check, cargo clippy -D warnings;
+#   2. cargo fmt --check, cargo clippy -D warnings, cargo-deny (deny.toml,
+#      scripts/deny.sh; full runs only);
 #   3. boots ONE private RabbitMQ node for the whole run (scripts/broker.sh)
 #      and exports AMQP_TEST_URL / AMQP_TEST_NODE / AMQP_TEST_NODE_HOME /
 #      AMQP_TEST_EPMD_PORT / AMQP_TEST_BROKER_DIR so every test binary
@@ -120,6 +121,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy "${LOCKED[@]}" --all-targets -- -D warnings
+
+if ((!$#)); then
+    step "cargo-deny: licenses, bans, sources, advisories (deny.toml)"
+    "$ROOT/scripts/deny.sh"
+fi
 
 # --- 3. Broker ---------------------------------------------------------------
 
