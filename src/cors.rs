@@ -6,58 +6,47 @@
 //! `Access-Control-Allow-Origin` so a page can read its 401. Allowed methods are the methods
 //! the path serves (plus `HEAD` with `GET`); they are not configured separately.
 
-use http::{HeaderName, HeaderValue, Method};
+use http::Method;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-use crate::config::CorsConfig;
+use crate::config::{CorsOrigins, CorsPolicy};
 
 /// The CORS layer for a path serving `methods`.
-///
-/// Entries were validated at load; anything that would not parse is skipped rather than
-/// failing here.
-pub fn layer(config: &CorsConfig, methods: &[Method]) -> CorsLayer {
+pub fn layer(policy: &CorsPolicy, methods: &[Method]) -> CorsLayer {
     let mut allowed: Vec<Method> = methods.to_vec();
     if allowed.contains(&Method::GET) && !allowed.contains(&Method::HEAD) {
         allowed.push(Method::HEAD);
     }
-    let headers = |list: &[String]| -> Vec<HeaderName> {
-        list.iter()
-            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-            .collect()
-    };
-    let origin = if config.allowed_origins.iter().any(|o| o == "*") {
-        AllowOrigin::from(Any)
-    } else {
-        AllowOrigin::list(
-            config
-                .allowed_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
+    let origin = match &policy.origins {
+        CorsOrigins::Any => AllowOrigin::from(Any),
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
     };
     CorsLayer::new()
         .allow_origin(origin)
         .allow_methods(allowed)
-        .allow_headers(headers(&config.allowed_headers))
-        .expose_headers(headers(&config.exposed_headers))
-        .max_age(config.max_age)
-        .allow_credentials(config.allow_credentials)
+        .allow_headers(policy.allowed_headers.clone())
+        .expose_headers(policy.exposed_headers.clone())
+        .max_age(policy.max_age)
+        .allow_credentials(policy.allow_credentials)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
-    use http::{Request, Response, StatusCode};
+    use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
     use std::convert::Infallible;
     use std::time::Duration;
     use tower::{ServiceBuilder, ServiceExt, service_fn};
 
-    fn config() -> CorsConfig {
-        CorsConfig {
-            allowed_origins: vec!["https://app.example.com".into()],
-            allowed_headers: vec!["authorization".into(), "content-type".into()],
-            exposed_headers: vec!["location".into()],
+    fn config() -> CorsPolicy {
+        CorsPolicy {
+            origins: CorsOrigins::List(vec![HeaderValue::from_static("https://app.example.com")]),
+            allowed_headers: vec![
+                HeaderName::from_static("authorization"),
+                HeaderName::from_static("content-type"),
+            ],
+            exposed_headers: vec![HeaderName::from_static("location")],
             max_age: Duration::from_secs(600),
             allow_credentials: true,
         }

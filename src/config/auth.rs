@@ -123,6 +123,30 @@ pub struct CorsConfig {
     pub allow_credentials: bool,
 }
 
+/// A validated CORS policy ([`CorsConfig`] parsed): what [`crate::cors::layer`] is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsPolicy {
+    /// Who may call.
+    pub origins: CorsOrigins,
+    /// Request headers a page may send.
+    pub allowed_headers: Vec<http::HeaderName>,
+    /// Response headers a page's script may read.
+    pub exposed_headers: Vec<http::HeaderName>,
+    /// How long a browser may reuse a preflight answer (at most 24h).
+    pub max_age: Duration,
+    /// Send `Access-Control-Allow-Credentials: true` (never with [`CorsOrigins::Any`]).
+    pub allow_credentials: bool,
+}
+
+/// `allowed_origins`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `["*"]`.
+    Any,
+    /// `scheme://host[:port]` each, as the `Origin` header spells them.
+    List(Vec<http::HeaderValue>),
+}
+
 fn default_cors_allowed_headers() -> Vec<String> {
     [
         "authorization",
@@ -366,7 +390,7 @@ pub(super) fn validate_policy(policy: &AuthPolicy) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn validate_cors(cors: &CorsConfig, key: &str) -> Result<(), Invalid> {
+pub(super) fn validate_cors(cors: &CorsConfig, key: &str) -> Result<CorsPolicy, Invalid> {
     let field = |f: &str| format!("{key}.{f}");
     if cors.allowed_origins.is_empty() {
         return Err(invalid(
@@ -387,38 +411,60 @@ pub(super) fn validate_cors(cors: &CorsConfig, key: &str) -> Result<(), Invalid>
             "browsers refuse credentials with `allowed_origins = [\"*\"]`; list the origins",
         ));
     }
-    for origin in cors.allowed_origins.iter().filter(|o| *o != "*") {
-        let uri: Option<http::Uri> = origin.parse().ok();
-        let valid = uri.is_some_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.authority().is_some()
-                && u.path_and_query()
-                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
-                && !origin.ends_with('/')
-        });
-        if !valid || http::HeaderValue::from_str(origin).is_err() {
-            return Err(invalid(
-                field("allowed_origins"),
-                format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
-            ));
-        }
-    }
-    for (name, list) in [
-        ("allowed_headers", &cors.allowed_headers),
-        ("exposed_headers", &cors.exposed_headers),
-    ] {
-        if let Some(h) = list
-            .iter()
-            .find(|h| h.as_str() == "*" || http::HeaderName::from_bytes(h.as_bytes()).is_err())
-        {
-            return Err(invalid(
-                field(name),
-                format!("`{h}` is not a header name (wildcards are not supported)"),
-            ));
-        }
-    }
+    let origins = if any {
+        CorsOrigins::Any
+    } else {
+        let origin = |origin: &String| {
+            let uri: Option<http::Uri> = origin.parse().ok();
+            let valid = uri.is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                    && !origin.ends_with('/')
+            });
+            http::HeaderValue::from_str(origin)
+                .ok()
+                .filter(|_| valid)
+                .ok_or_else(|| {
+                    invalid(
+                        field("allowed_origins"),
+                        format!("`{origin}` is not an origin (scheme://host[:port], no path)"),
+                    )
+                })
+        };
+        CorsOrigins::List(
+            cors.allowed_origins
+                .iter()
+                .map(origin)
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let header_names = |name: &str, list: &[String]| {
+        list.iter()
+            .map(|h| {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .ok()
+                    .filter(|_| h != "*")
+                    .ok_or_else(|| {
+                        invalid(
+                            field(name),
+                            format!("`{h}` is not a header name (wildcards are not supported)"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let allowed_headers = header_names("allowed_headers", &cors.allowed_headers)?;
+    let exposed_headers = header_names("exposed_headers", &cors.exposed_headers)?;
     if cors.max_age > Duration::from_secs(24 * 3600) {
         return Err(invalid(field("max_age"), "must be at most 24h"));
     }
-    Ok(())
+    Ok(CorsPolicy {
+        origins,
+        allowed_headers,
+        exposed_headers,
+        max_age: cors.max_age,
+        allow_credentials: cors.allow_credentials,
+    })
 }

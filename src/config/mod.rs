@@ -24,7 +24,7 @@ use http::Method;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use auth::{AuthConfig, CorsConfig, JWT_ALGORITHMS, KeyConfig};
+pub use auth::{AuthConfig, CorsConfig, CorsOrigins, CorsPolicy, JWT_ALGORITHMS, KeyConfig};
 pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
@@ -418,7 +418,7 @@ pub struct Config {
     /// `[auth]`, present whenever a route is not public.
     pub auth: Option<AuthConfig>,
     /// `[cors]`, the default of every route.
-    pub cors: Option<CorsConfig>,
+    pub cors: Option<CorsPolicy>,
     /// `[upstreams.*]`.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `[cache]`.
@@ -596,12 +596,14 @@ impl RawConfig {
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;
         }
-        if let Some(cors) = &self.cors {
-            validate_cors(cors, "cors")?;
-        }
+        let cors = self
+            .cors
+            .as_ref()
+            .map(|c| validate_cors(c, "cors"))
+            .transpose()?;
         // CORS is answered per path (a preflight names the method it will use), so routes that
         // share a path must share their CORS settings.
-        let mut cors_by_path: BTreeMap<String, (Option<CorsConfig>, usize)> = BTreeMap::new();
+        let mut cors_by_path: BTreeMap<String, (Option<CorsPolicy>, usize)> = BTreeMap::new();
         let upstreams = self
             .upstreams
             .into_iter()
@@ -620,18 +622,15 @@ impl RawConfig {
             let raw_cors = raw.cors.take();
             let mut route = raw.validate(i, &exchanges, &upstreams)?;
             route.cors = match raw_cors {
-                None => self.cors.clone(),
+                None => cors.clone(),
                 Some(RawRouteCors::Enabled(false)) => None,
-                Some(RawRouteCors::Enabled(true)) => match &self.cors {
+                Some(RawRouteCors::Enabled(true)) => match &cors {
                     Some(global) => Some(global.clone()),
                     None => {
                         return Err(invalid(key("cors"), "`cors = true` needs a [cors] section"));
                     }
                 },
-                Some(RawRouteCors::Custom(c)) => {
-                    validate_cors(&c, &key("cors"))?;
-                    Some(c)
-                }
+                Some(RawRouteCors::Custom(c)) => Some(validate_cors(&c, &key("cors"))?),
             };
             if let RouteAuth::Required(policy) = &route.auth {
                 validate_policy(policy).map_err(|m| invalid(key("auth"), m))?;
@@ -716,7 +715,7 @@ impl RawConfig {
             server,
             amqp,
             auth: self.auth,
-            cors: self.cors,
+            cors,
             upstreams,
             cache: self.cache,
             routes,

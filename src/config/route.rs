@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Method;
 use serde::Deserialize;
 
-use super::auth::CorsConfig;
+use super::auth::{CorsConfig, CorsPolicy};
 use super::{
     AUTH_HEADER_PREFIX, Invalid, PARAM_HEADER_PREFIX, RESERVED_HEADERS, UpstreamConfig, invalid,
 };
@@ -317,7 +317,7 @@ pub struct Route {
     pub auth: RouteAuth,
     /// CORS for this route (the global `[cors]` unless overridden); `None`: no CORS headers.
     /// Routes sharing a path share it.
-    pub cors: Option<CorsConfig>,
+    pub cors: Option<CorsPolicy>,
     /// What it does.
     pub action: RouteAction,
     /// `rate_limits`, in the order they are checked (empty: none).

@@ -938,8 +938,8 @@ fn cors_rules() {
         );
     let c = load(&text).unwrap();
     assert_eq!(
-        c.routes[0].cors.as_ref().unwrap().allowed_origins,
-        ["https://app.example"]
+        c.routes[0].cors.as_ref().unwrap().origins,
+        CorsOrigins::List(vec![http::HeaderValue::from_static("https://app.example")])
     );
     assert_eq!(
         c.routes[0].cors.as_ref().unwrap().max_age,
