@@ -513,15 +513,20 @@ fn responses(config: &Config, route: &Route, method: &Method, kind: &Kind<'_>) -
     if auth.is_some() {
         bad_request.push("invalid-auth-request");
     }
-    let bad_request_summary = match kind {
+    let mut bad_request_summary = match kind {
         Kind::Publish(_) => {
-            "A path a backend could read differently, malformed or too deeply nested JSON, a path parameter that is not one routing-key word, a routing key over 255 bytes, a malformed `Idempotency-Key`, `X-Request-Id` or `traceparent`, or two `Authorization` headers."
+            "A path a backend could read differently, malformed or too deeply nested JSON, a path parameter that is not one routing-key word, a routing key over 255 bytes, or a malformed `Idempotency-Key`, `X-Request-Id` or `traceparent`."
         }
-        _ => "A path a backend could read differently, or two `Authorization` headers.",
-    };
+        _ => "A path a backend could read differently.",
+    }
+    .to_owned();
+    if auth.is_some() {
+        bad_request_summary
+            .push_str(" `invalid-auth-request`: more than one `Authorization` header.");
+    }
     r.insert(
         "400".into(),
-        problem(bad_request_summary, &bad_request, &[]),
+        problem(&bad_request_summary, &bad_request, &[]),
     );
     if let Some(policy) = auth {
         r.insert(
