@@ -34,8 +34,14 @@ pub fn document(config: &Config) -> Value {
         let item = paths
             .entry(path)
             .or_insert_with(|| Value::Object(Map::new()));
-        for method in &route.methods {
-            let op_id = if route.methods.len() == 1 {
+        // A GET route answers HEAD too (axum runs the GET handler without the body; the 405
+        // `Allow` lists it), so HEAD is documented whether or not the config names it.
+        let mut methods = route.methods.clone();
+        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+            methods.push(Method::HEAD);
+        }
+        for method in &methods {
+            let op_id = if methods.len() == 1 {
                 ids.take(&route.name)
             } else {
                 ids.take(&format!(
@@ -277,7 +283,11 @@ fn parameters(route: &Route, method: &Method, kind: &Kind<'_>) -> Vec<Value> {
         "name": "X-Request-Id",
         "in": "header",
         "required": false,
-        "description": "Kept and returned when sent; generated (UUIDv7) otherwise. On publish routes it becomes the event's `correlation_id` (1–255 visible ASCII characters, 400 otherwise).",
+        "description": if matches!(kind, Kind::Publish(_)) {
+            "Kept and returned when sent, generated (UUIDv7) otherwise; becomes the event's `correlation_id`, so when sent it must be 1–255 visible ASCII characters (400 otherwise)."
+        } else {
+            "Kept, passed upstream and returned when sent; generated (UUIDv7) otherwise."
+        },
         "schema": { "type": "string" },
     }));
     match kind {
