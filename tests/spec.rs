@@ -10,6 +10,7 @@
 //!    routing key) with `{param}` addresses and the AMQP binding, the bearer scheme, 201 +
 //!    `Location` and 202 on publish routes, 429 + rate-limit headers only where a limit is, no
 //!    broker credentials anywhere.
+//!    A config with every other route kind and setting passes them too.
 //! 2. The validators can fail: documents broken on purpose (a missing `info.version`, an
 //!    operation sending another channel's message, a bad AMQP binding, an undeclared path
 //!    parameter, a dangling `$ref`) are rejected.
@@ -245,6 +246,187 @@ fn the_demo_contract_passes_the_validators_and_says_what_the_gateway_does() {
         openapi["components"]["schemas"]["Problem"]["required"],
         json!(["type", "title", "status", "detail"])
     );
+}
+
+/// Every kind of route and setting the generators branch on, in one config: a cluster with a
+/// password, the default exchange, several and non-JSON content types, static properties, a
+/// draft-07 schema with local `$ref`s, scopes with `match = "all"`, an `authenticated` route,
+/// claim-keyed limits, a catch-all read, a proxied write, `public_host`.
+#[test]
+fn every_route_kind_passes_the_validators() {
+    let dir = std::env::temp_dir().join(unique_name("spec-kinds"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("order.json");
+    std::fs::write(
+        &schema,
+        r##"{
+  "$schema": "http://json-schema.org/draft-07/schema#",
+  "$id": "https://example.com/order.json",
+  "type": "object",
+  "required": ["lines"],
+  "properties": {
+    "lines": { "type": "array", "items": { "$ref": "#/definitions/line" } },
+    "ship_to": { "$ref": "https://example.com/order.json#/definitions/address" }
+  },
+  "definitions": {
+    "line": { "type": "object", "properties": { "sku": { "type": "string" }, "qty": { "type": "integer", "minimum": 1 } } },
+    "address": { "type": "string" }
+  }
+}"##,
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+[server]
+listen = "0.0.0.0:8080"
+admin_listen = "127.0.0.1:9090"
+public_host = "api.example.com"
+
+[amqp]
+urls = ["amqp://app:n0t-in-docs@rabbit-1:5672/shop", "amqp://app:n0t-in-docs@rabbit-2:5673/shop"]
+
+[[amqp.exchanges]]
+name = "orders"
+type = "direct"
+
+[[amqp.exchanges]]
+name = "audit"
+type = "fanout"
+
+[auth]
+issuer = "https://idp.example"
+audience = "shop"
+propagate_claims = {{ tenant = "org.tenant" }}
+[[auth.keys]]
+kid = "k1"
+algorithm = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+
+[upstreams.shop]
+targets = ["http://127.0.0.1:9001"]
+
+[[routes]]
+name = "place order"
+path = "/tenants/{{tenant}}/orders"
+methods = ["POST"]
+auth = {{ scopes = ["orders:write", "orders:place"], match = "all" }}
+schema = "{schema}"
+rate_limits = [ {{ by = "claim:tenant", limit = 100, per = "1m" }}, {{ by = "subject", limit = 5, per = "1s", burst = 2 }} ]
+[routes.publish]
+exchange = "orders"
+routing_key = "order.{{tenant}}.placed"
+status = 201
+location = "/tenants/{{tenant}}/orders/{{event_id}}"
+content_types = ["application/json", "application/vnd.shop.order+json"]
+properties = {{ type = "OrderPlaced", priority = 7 }}
+
+[[routes]]
+name = "upload"
+path = "/uploads/{{kind}}"
+methods = ["PUT", "DELETE"]
+auth = "authenticated"
+publish = {{ exchange = "", routing_key = "uploads.{{kind}}", allow_client_routing_key = true, content_types = ["text/plain", "application/octet-stream"] }}
+
+[[routes]]
+name = "audit"
+path = "/audit"
+methods = ["POST"]
+auth = "public"
+publish = {{ exchange = "audit", routing_key = "", properties = {{ content_type = "application/x-ndjson" }}, content_types = ["application/x-ndjson"] }}
+
+[[routes]]
+name = "files"
+path = "/files/{{*path}}"
+methods = ["GET", "HEAD"]
+upstream = "shop"
+etag = false
+cache = {{ heuristic = true }}
+
+[[routes]]
+name = "checkout"
+path = "/checkout"
+methods = ["POST", "OPTIONS"]
+auth = {{ roles = ["buyer"] }}
+upstream = "shop"
+rate_limits = [ {{ by = "route", limit = 1000, per = "1s" }} ]
+"#,
+        schema = schema.display()
+    );
+    let config = amqp_gateway::Config::from_toml(&text, "kinds.toml", |_| None).unwrap();
+    let asyncapi = amqp_gateway::spec::asyncapi::document(&config);
+    let openapi = amqp_gateway::spec::openapi::document(&config);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_valid("asyncapi", &asyncapi);
+    assert_valid("openapi", &openapi);
+
+    for document in [&asyncapi, &openapi] {
+        let text = document.to_string();
+        assert!(
+            !text.contains("n0t-in-docs") && !text.contains("app@"),
+            "{text}"
+        );
+        // The schema's `$id`-relative and local `$ref`s now point into the component.
+        let order = &document["components"]["schemas"]["place_order"];
+        assert_eq!(
+            order["properties"]["lines"]["items"]["$ref"],
+            "#/components/schemas/place_order/definitions/line"
+        );
+        assert_eq!(
+            order["properties"]["ship_to"]["$ref"],
+            "#/components/schemas/place_order/definitions/address"
+        );
+    }
+    assert_eq!(asyncapi["servers"]["broker-1"]["host"], "rabbit-1:5672");
+    assert_eq!(asyncapi["servers"]["broker-2"]["host"], "rabbit-2:5673");
+    let channels = asyncapi["channels"].as_object().unwrap();
+    assert_eq!(channels.len(), 3, "{:?}", channels.keys());
+    let queue = channels
+        .values()
+        .find(|c| c["address"] == "uploads.{kind}")
+        .unwrap();
+    assert_eq!(
+        queue["bindings"]["amqp"]["exchange"],
+        json!({ "name": "", "type": "default", "vhost": "shop" })
+    );
+    let upload = &asyncapi["components"]["messages"]["upload"];
+    assert!(
+        upload.get("contentType").is_none(),
+        "two media types: no single contentType"
+    );
+    assert!(
+        upload["headers"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("x-auth-sub"))
+    );
+    let audit = &asyncapi["components"]["messages"]["audit"];
+    assert_eq!(audit["contentType"], "application/x-ndjson");
+
+    let paths = &openapi["paths"];
+    let place = &paths["/tenants/{tenant}/orders"]["post"];
+    assert!(
+        place["description"]
+            .as_str()
+            .unwrap()
+            .contains("all of the scopes `orders:write`, `orders:place`")
+    );
+    for code in ["201", "401", "403", "421", "422", "429"] {
+        assert!(
+            place["responses"].get(code).is_some(),
+            "place order lacks {code}"
+        );
+    }
+    assert_eq!(
+        place["requestBody"]["content"]["application/vnd.shop.order+json"]["schema"]["$ref"],
+        "#/components/schemas/place_order"
+    );
+    // `authenticated`: a token, no role: 401 but never 403.
+    let upload = &paths["/uploads/{kind}"]["put"]["responses"];
+    assert!(upload.get("401").is_some() && upload.get("403").is_none());
+    let files = &paths["/files/{path}"]["get"]["responses"];
+    assert!(files["200"]["headers"].get("X-Cache").is_some());
+    assert!(paths["/checkout"]["options"]["responses"]["default"].is_object());
+    assert_eq!(openapi["servers"][0]["url"], "https://api.example.com");
 }
 
 #[test]
