@@ -34,7 +34,7 @@ pub fn document(config: &Config) -> Value {
     let mut channel_ids = Ids::default();
     let mut message_ids = Ids::default();
     let mut operation_ids = Ids::default();
-    // (exchange, routing-key template) → channel id; channels in order of first use.
+    // (exchange, routing-key template) → channel id; ids are handed out in config order.
     let mut channel_of: BTreeMap<(&str, String), String> = BTreeMap::new();
     let mut channels = Map::new();
     let mut operations = Map::new();
@@ -71,7 +71,11 @@ pub fn document(config: &Config) -> Value {
                 );
             }
             if let Some(Value::String(description)) = channel.get_mut("description") {
-                description.push_str(&format!("\n- route `{}`: {}", route.name, http(route)));
+                description.push_str(&format!(
+                    "\n- route `{}`: {}",
+                    route.name,
+                    request_line(route)
+                ));
             }
         }
         operations.insert(
@@ -127,7 +131,7 @@ pub fn document(config: &Config) -> Value {
 }
 
 /// `METHOD, METHOD /path`, for descriptions.
-fn http(route: &Route) -> String {
+fn request_line(route: &Route) -> String {
     let methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
     format!("{} {}", methods.join(", "), route.path)
 }
@@ -210,11 +214,11 @@ fn operation(route: &Route, target: &PublishTarget, channel: &str, message: &str
         "action": "send",
         "channel": { "$ref": format!("#/channels/{channel}") },
         "title": route.name,
-        "summary": format!("{} → {}", http(route), target.routing_key),
+        "summary": format!("{} → {}", request_line(route), target.routing_key),
         "description": format!(
             "Route `{}`: each accepted {} request is published as one event, confirmed by the broker before the HTTP {} is sent. `mandatory`: an event no queue is bound for is returned and answered 503; nothing is enqueued then.",
             route.name,
-            http(route),
+            request_line(route),
             target.status,
         ),
         "messages": [{ "$ref": format!("#/channels/{channel}/messages/{message}") }],
@@ -306,7 +310,7 @@ fn message(
     let mut message = json!({
         "name": route.name,
         "title": format!("{} event", route.name),
-        "summary": format!("Published for {} (route `{}`).", http(route), route.name),
+        "summary": format!("Published for {} (route `{}`).", request_line(route), route.name),
         "description": "AMQP message properties are listed in `x-amqp-properties` (a JSON Schema of the property table); the application headers in `headers`. Client request headers are never copied wholesale: only those named here reach the message.",
         "correlationId": {
             "description": "The AMQP `correlation_id` property: the HTTP request's `X-Request-Id`.",
