@@ -12,7 +12,9 @@
 #      AMQP_TEST_EPMD_PORT / AMQP_TEST_BROKER_DIR so every test binary
 #      reuses it (see tests/support/broker.rs); it is stopped on exit, and
 #      by a watchdog if this script is SIGKILLed;
-#   4. cargo test --all-targets (+ doc tests when there is a library).
+#   4. installs the pinned contract validators (npm ci, tests/spec/install.sh)
+#      under target/spec-validators and exports SPEC_VALIDATORS_DIR;
+#   5. cargo test --all-targets (+ doc tests when there is a library).
 #      tests/cluster.rs boots its own private 3-node cluster besides
 #      (broker.sh cluster-start; ~20 s boot, ~1.5-2 min in all, every phase
 #      under a hard deadline, boot failures end with the members' logs).
@@ -69,7 +71,7 @@ trap 'exit 143' TERM
 # rabbitmq-server: the broker under test; nginx: proxied reads (tests and
 # demo); wrk: load tests; curl/ca-certificates: demo and debugging;
 # gcc/libc6-dev: linker for cargo; util-linux (setsid) and coreutils
-# (timeout) are Essential on Debian.
+# (timeout, flock) are Essential on Debian; nodejs/npm are checked below.
 PACKAGES=(rabbitmq-server nginx wrk curl ca-certificates gcc libc6-dev)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
@@ -78,6 +80,12 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
     installed "$pkg" || missing+=("$pkg")
 done
+# nodejs + npm: the contract validators (tests/spec.rs, tests/spec/install.sh). Checked by
+# command, not by package: NodeSource's nodejs bundles npm and conflicts with Debian's npm
+# package, and any node >= 18.17 with its npm will do (Debian 12's is 18.19).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    missing+=(nodejs npm)
+fi
 if ((${#missing[@]})); then
     step "installing missing packages: ${missing[*]}"
     command -v apt-get >/dev/null || die "apt-get not found; install manually: ${missing[*]}"
@@ -140,7 +148,15 @@ else
     printf '%s\n' "$exports" >&2
 fi
 
-# --- 4. Tests ----------------------------------------------------------------
+# --- 4. Contract validators ---------------------------------------------------
+
+# Pinned in tests/spec/package-lock.json; installed once under target/ (npm ci), a no-op
+# when already there. tests/spec.rs finds them through SPEC_VALIDATORS_DIR.
+step "contract validators (tests/spec/install.sh)"
+SPEC_VALIDATORS_DIR=$("$ROOT/tests/spec/install.sh")
+export SPEC_VALIDATORS_DIR
+
+# --- 5. Tests ----------------------------------------------------------------
 
 if (($#)); then
     step "cargo test $*"

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (process alive), `/readyz` (able to publish), `/metrics`
-//! (Prometheus) and `POST /reload` (read the config file again and swap it in).
+//! (Prometheus), `POST /reload` (read the config file again and swap it in), and the published
+//! contract of the config being served: `/asyncapi.json` and `/openapi.json` ([`crate::spec`]).
 //!
 //! It lives on `server.admin_listen`, never on the public port, so load balancers and
 //! operators can probe it without exposing broker state to clients.
@@ -30,6 +31,18 @@ pub(crate) fn router(state: AppState, reloader: Arc<Reloader>) -> Router {
         .merge(
             Router::new()
                 .route("/reload", post(reload))
+                .route(
+                    "/asyncapi.json",
+                    get(|State(r): State<Arc<Reloader>>| async move {
+                        Json(r.contract().asyncapi.clone())
+                    }),
+                )
+                .route(
+                    "/openapi.json",
+                    get(|State(r): State<Arc<Reloader>>| async move {
+                        Json(r.contract().openapi.clone())
+                    }),
+                )
                 .with_state(reloader),
         )
 }

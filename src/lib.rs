@@ -12,13 +12,17 @@
 //! - [`amqp`]: the pooled confirm-mode channel set and confirmed publishing (no HTTP types).
 //! - [`proxy`]: upstream targets, load balancing, passive health, forwarded headers.
 //! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `POST /reload` and the contract documents on
+//!   the admin listener.
 //! - [`metrics`]: Prometheus metrics and the request-metrics layer.
 //! - [`ratelimit`]: per-route rate limits (governor) as a tower layer, after auth.
 //! - [`error`]: [`error::GatewayError`], the one error → response mapping.
 //! - [`telemetry`]: logging setup and the access-log line.
 //! - [`schema`]: JSON Schemas of write routes, compiled at load, checked before publishing.
 //! - [`template`]: `{name}` templates for routing keys, `Location` and path rewrites.
+//! - [`spec`]: the published contract, AsyncAPI 3.0 (events) and OpenAPI 3.1 (routes),
+//!   generated from the config; `amqp-gateway spec` and the admin `/asyncapi.json`,
+//!   `/openapi.json`.
 //! - [`tls`]: TLS client settings for upstreams, JWKS URLs and the broker (one crypto provider).
 
 pub mod admin;
@@ -38,6 +42,7 @@ pub mod routes;
 pub mod schema;
 pub mod server;
 mod shared;
+pub mod spec;
 pub mod state;
 pub mod telemetry;
 pub mod template;

@@ -36,6 +36,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the published contract of the config as JSON on stdout: AsyncAPI 3.0 (the events)
+    /// or OpenAPI 3.1 (the HTTP routes); exit 64 when the config is invalid.
+    Spec {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Which document.
+        #[arg(long, value_enum)]
+        format: amqp_gateway::spec::Format,
+    },
 }
 
 fn env(name: &str) -> Option<String> {
@@ -129,6 +139,16 @@ async fn main() -> ExitCode {
             Ok(cfg) => {
                 print_routes(&cfg);
                 println!("{}: OK ({} routes)", config.display(), cfg.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    if let Some(Command::Spec { config, format }) = &cli.command {
+        return match load(config) {
+            Ok(cfg) => {
+                let document = amqp_gateway::spec::document(&cfg, *format);
+                print!("{}", amqp_gateway::spec::to_pretty_json(&document));
                 ExitCode::SUCCESS
             }
             Err(code) => code,

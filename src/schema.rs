@@ -30,6 +30,8 @@ pub const MAX_VIOLATIONS: usize = 10;
 pub struct Schema {
     /// The file as configured, for logs and `Debug`.
     file: String,
+    /// The schema as written, for the published contract ([`crate::spec`]), which embeds it.
+    document: Value,
     validator: Validator,
 }
 
@@ -100,6 +102,7 @@ impl Schema {
             .map_err(|e| format!("invalid schema: {e}"))?;
         Ok(Self {
             file: file.to_owned(),
+            document: schema.clone(),
             validator,
         })
     }
@@ -107,6 +110,11 @@ impl Schema {
     /// The file as configured.
     pub fn file(&self) -> &str {
         &self.file
+    }
+
+    /// The schema document as loaded (what the validator was compiled from).
+    pub fn document(&self) -> &Value {
+        &self.document
     }
 
     /// Checks `instance`; on failure, the first [`MAX_VIOLATIONS`] violations.

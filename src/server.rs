@@ -32,6 +32,7 @@ use crate::idempotency::IdempotencyRecord;
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
 use crate::ratelimit::{RateLimits, SWEEP_INTERVAL};
+use crate::spec::Contract;
 use crate::state::AppState;
 use crate::{admin, app};
 
@@ -86,6 +87,7 @@ pub async fn run(
     let reloader = Arc::new(Reloader {
         lasting,
         router: router.clone(),
+        contract: ArcSwap::from_pointee(Contract::new(&config)),
         current: tokio::sync::Mutex::new((config.clone(), state.clone())),
     });
     // Only a config read from a file can be read again.
@@ -234,6 +236,9 @@ async fn build_state(
 pub(crate) struct Reloader {
     lasting: Lasting,
     router: Arc<ArcSwap<Router>>,
+    /// The AsyncAPI and OpenAPI documents of the config in use, swapped with the router, so
+    /// the admin endpoints never wait for a reload in progress (which holds `current`).
+    contract: ArcSwap<Contract>,
     /// The config and state in use; held for the whole reload, so reloads never interleave.
     current: tokio::sync::Mutex<(Config, AppState)>,
 }
@@ -246,6 +251,11 @@ pub(crate) struct Reloaded {
 }
 
 impl Reloader {
+    /// The published contract of the config being served.
+    pub(crate) fn contract(&self) -> Arc<Contract> {
+        self.contract.load_full()
+    }
+
     /// Reads the config file again; when it is valid and needs no restart, serves it from the
     /// next request on. On any error the running config stays as it was.
     pub(crate) async fn reload(&self) -> Result<Reloaded, String> {
@@ -289,6 +299,7 @@ impl Reloader {
             .await
             .map_err(|e| e.to_string())?;
         self.router.store(Arc::new(app(state.clone())));
+        self.contract.store(Arc::new(Contract::new(&next)));
         let routes = next.routes.len();
         *current = (next, state);
         Ok(Reloaded { routes })

@@ -28,8 +28,8 @@ pub use auth::{AuthConfig, CorsConfig, CorsOrigins, CorsPolicy, JWT_ALGORITHMS, 
 pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
-    AuthPolicy, CacheConfig, CompressPolicy, PolicyMatch, ProxyTarget, PublishTarget,
-    RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, StaticProperties,
+    AuthPolicy, CacheConfig, CloudEventsConfig, CompressPolicy, PolicyMatch, ProxyTarget,
+    PublishTarget, RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, StaticProperties,
 };
 pub use secret::Secret;
 

@@ -389,10 +389,16 @@ impl CloudEventsConfig {
         route: &str,
         key: &dyn Fn(&str) -> String,
     ) -> Result<Option<Self>, Invalid> {
+        // Everything but RFC 3986 `unreserved` is escaped: the name becomes one URN segment.
+        const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~');
         let default_source = || {
             format!(
                 "urn:amqp-gateway:route:{}",
-                percent_encoding::utf8_percent_encode(route, percent_encoding::NON_ALPHANUMERIC)
+                percent_encoding::utf8_percent_encode(route, UNRESERVED)
             )
         };
         let table = match raw {
