@@ -65,7 +65,7 @@ pub struct Invalidation {
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    /// Over [`MAX_MESSAGE_BYTES`].
+    /// Over 64 KiB.
     #[error("message of {0} bytes is too large")]
     TooLarge(usize),
     /// Not the JSON object described at [`Invalidation`].

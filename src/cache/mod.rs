@@ -276,11 +276,6 @@ impl Cache {
         self.max_object_bytes
     }
 
-    /// The coherence state it is built on.
-    pub fn coherence(&self) -> &Arc<Coherence> {
-        &self.coherence
-    }
-
     /// Drops every entry (a flush: [`Coherence::flush`] made them unusable already).
     pub(super) fn clear(&self) {
         self.store.invalidate_all();
@@ -295,15 +290,6 @@ impl Cache {
 
     fn is_current(&self, generation: Generation) -> bool {
         self.coherence.is_current(generation)
-    }
-
-    /// RFC 9111 §4.4: see [`Coherence::invalidate_written`].
-    pub fn invalidate_written<'a>(
-        &self,
-        path: &'a str,
-        related: impl IntoIterator<Item = &'a str>,
-    ) {
-        self.coherence.invalidate_written(path, related);
     }
 
     /// Makes every stored response for request `path` (any route, query, variant or

@@ -8,8 +8,8 @@
 //! answer — status, headers (`Set-Cookie`, `Location` included), body — streams back,
 //! untouched by the cache and the compressor. A request is never sent to a second target once
 //! the first read any of its body; a non-error answer invalidates what is cached for the
-//! target URI (RFC 9111 §4.4), on this instance and, with `cache.coherence`, on the others. Auth, identity headers and `forward_authorization`
-//! are those of reads ([`Outbound`]).
+//! target URI (RFC 9111 §4.4), on this instance and, with `cache.coherence`, on the others.
+//! Auth, identity headers and `forward_authorization` are those of reads ([`Outbound`]).
 
 use axum::body::Body;
 use axum::extract::Request;
