@@ -11,6 +11,8 @@
 //!   cannot resubscribe, and after resubscribing caches again with nothing from before.
 //! - `reinvalidate_after`: a read between the 202 and the consumer's apply re-caches the old
 //!   body; the second drop removes it after the delay.
+//! - A reload keeps the subscription, and the cache it builds anew is invalidated too; a
+//!   reload that changes a coherence key is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -79,10 +81,10 @@ impl Exchanges {
     }
 }
 
-/// A gateway with cached `GET /docs/{id}` (also proxying `PUT`) and `POST /docs/{id}`
+/// A config with cached `GET /docs/{id}` (also proxying `PUT`) and `POST /docs/{id}`
 /// published to `ex.events`; `cache` adds `[cache]` lines.
-async fn gateway(docs: &Docs, ex: &Exchanges, cache: &str) -> TestGateway {
-    let config = format!(
+fn config(docs: &Docs, ex: &Exchanges, cache: &str) -> String {
+    format!(
         r#"{base}
 [[amqp.exchanges]]
 name = "{events}"
@@ -111,8 +113,12 @@ publish = {{ exchange = "{events}", routing_key = "doc.{{id}}" }}
         events = ex.events,
         invalidations = ex.invalidations,
         upstream = upstream("o", &docs.origin.url),
-    );
-    let gw = TestGateway::start(&config).await;
+    )
+}
+
+/// A gateway on [`config`], subscribed when `cache` turns coherence on.
+async fn gateway(docs: &Docs, ex: &Exchanges, cache: &str) -> TestGateway {
+    let gw = TestGateway::start(&config(docs, ex, cache)).await;
     if cache.contains("coherence = true") {
         wait_coherent(&gw, true).await;
     }
@@ -397,6 +403,61 @@ async fn the_second_invalidation_drops_what_was_recached_before_the_consumer_app
         written.elapsed() >= Duration::from_millis(900),
         "not before the delay"
     );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_subscription_and_its_new_cache_is_invalidated() {
+    let docs = Docs::start().await;
+    let ex = Exchanges::new();
+    let events = TestQueue::bind(&amqp_url(), &ex.events, Some(ExchangeKind::Topic), "#").await;
+    let a = gateway(&docs, &ex, "coherence = true").await;
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{}.toml", unique_name("coherence-reload")));
+    std::fs::write(&file, config(&docs, &ex, "coherence = true")).unwrap();
+    let b = TestGateway::from_file(&file).await;
+    b.wait_ready(DEADLINE).await;
+    wait_coherent(&b, true).await;
+    let instance = readyz(&b).await.1["cache"]["instance"].clone();
+
+    // A new budget: the reload builds a new cache.
+    let reloaded = config(&docs, &ex, "coherence = true\nmax_bytes = 4194304");
+    std::fs::write(&file, &reloaded).unwrap();
+    let r = support::http::client()
+        .post(format!("{}/reload", b.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, ready) = readyz(&b).await;
+    assert_eq!(ready["cache"]["instance"], instance, "the same subscriber");
+    assert_eq!(ready["cache"]["coherent"], true);
+
+    let path = "/docs/5";
+    let old = docs.body(path);
+    warm(&b, path, &old).await;
+    let w = write(&a, Method::POST, path).await;
+    assert_eq!(w.status, 202, "{}", w.text());
+    events.expect(DEADLINE, "the POST's event").await;
+    docs.apply();
+    wait_received(&b, 1).await;
+    let on_b = get(&b.at(path), &[]).await;
+    assert_eq!((on_b.x_cache(), on_b.text()), ("MISS", docs.body(path)));
+
+    std::fs::write(
+        &file,
+        reloaded.replace("coherence = true", "coherence = false"),
+    )
+    .unwrap();
+    let r = support::http::client()
+        .post(format!("{}/reload", b.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("cache.coherence"));
+    let _ = std::fs::remove_file(&file);
     a.shutdown().await;
     b.shutdown().await;
 }
