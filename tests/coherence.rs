@@ -7,7 +7,8 @@
 //!   serving the pre-write body. Through nginx in front of both, no read serves it either.
 //! - A proxied unsafe request through A invalidates B too.
 //! - An instance whose subscriber connection is closed at the broker bypasses its cache
-//!   (every read goes to the origin, `gateway_cache_coherent` 0, `/readyz` still 200) while it
+//!   (`X-Cache: BYPASS`, every read goes to the origin, `gateway_cache_coherent` 0, `/readyz`
+//!   still 200) while it
 //!   cannot resubscribe, and after resubscribing caches again with nothing from before.
 //! - `reinvalidate_after`: a read between the 202 and the consumer's apply re-caches the old
 //!   body; the second drop removes it after the delay.
@@ -341,7 +342,7 @@ async fn a_lost_subscription_bypasses_the_cache_until_it_is_back_and_flushes_it(
     let hits = docs.origin.hits(path);
     for _ in 0..3 {
         let r = get(&gw.at(path), &[]).await;
-        assert_eq!((r.x_cache(), r.text()), ("MISS", before.clone()));
+        assert_eq!((r.x_cache(), r.text()), ("BYPASS", before.clone()));
     }
     assert_eq!(
         docs.origin.hits(path),

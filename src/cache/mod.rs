@@ -67,6 +67,9 @@ pub enum CacheStatus {
     /// A stale entry served without the upstream: `stale-while-revalidate` (refreshed in the
     /// background) or `stale-if-error` (the upstream failed).
     Stale,
+    /// Fetched from the upstream without looking at the cache or storing: with
+    /// `cache.coherence`, while the invalidation subscription is down.
+    Bypass,
 }
 
 impl CacheStatus {
@@ -77,6 +80,7 @@ impl CacheStatus {
             Self::Miss => "MISS",
             Self::Revalidated => "REVALIDATED",
             Self::Stale => "STALE",
+            Self::Bypass => "BYPASS",
         })
     }
 
@@ -87,6 +91,7 @@ impl CacheStatus {
             Self::Miss => "miss",
             Self::Revalidated => "revalidated",
             Self::Stale => "stale",
+            Self::Bypass => "bypass",
         }
     }
 }
@@ -269,6 +274,11 @@ impl Cache {
     /// The `[cache]` settings it was built from.
     pub fn settings(&self) -> &CacheSettings {
         &self.settings
+    }
+
+    /// Whether entries may be served and stored now (see [`Coherence::serving`]).
+    pub fn serving(&self) -> bool {
+        self.coherence.serving()
     }
 
     /// Largest body that may be stored.

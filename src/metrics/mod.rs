@@ -163,7 +163,7 @@ impl Metrics {
         let cache = Family::<RouteOutcome, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Cache results on cached read routes (hit, miss, revalidated, stale)",
+            "Cache results on cached read routes (hit, miss, revalidated, stale, bypass)",
             cache.clone(),
         );
         let upstream = Family::<UpstreamOutcome, Counter>::default();
