@@ -187,7 +187,7 @@ impl Subscriber {
             manager,
             exchange: exchange.to_owned(),
             instance,
-            setup_timeout: pool.connect_timeout * 2,
+            connect_timeout: pool.connect_timeout,
             sink,
         };
         let task = tokio::spawn(run.supervise(stop_rx));
@@ -220,7 +220,8 @@ struct Run {
     manager: Manager,
     exchange: String,
     instance: Arc<str>,
-    setup_timeout: Duration,
+    /// Bounds the connect, and then the declarations and `basic.consume`, each.
+    connect_timeout: Duration,
     sink: Arc<dyn InvalidationSink>,
 }
 
@@ -232,8 +233,8 @@ impl Run {
             if *stop.borrow() {
                 return;
             }
-            match tokio::time::timeout(self.setup_timeout, self.subscribe()).await {
-                Ok(Ok((conn, consumer))) => {
+            match self.subscribe().await {
+                Ok((conn, consumer)) => {
                     backoff = MIN_BACKOFF;
                     self.sink.subscribed();
                     tracing::info!(exchange = %self.exchange, "Cache invalidations: subscribed.");
@@ -255,14 +256,8 @@ impl Run {
                         "Cache invalidations: subscription lost; the cache is bypassed until it is back."
                     );
                 }
-                Ok(Err(error)) => {
-                    tracing::warn!(error = %ErrorChain(&error), retry_in_ms = backoff.as_millis() as u64, "Cache invalidations: cannot subscribe.");
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "Cache invalidations: subscribing timed out."
-                    );
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Cache invalidations: cannot subscribe.");
                 }
             }
             tokio::select! {
@@ -274,8 +269,14 @@ impl Run {
     }
 
     /// Connects, declares the exchange and this instance's queue, binds and consumes.
-    async fn subscribe(&self) -> Result<(NodeConnection, Consumer), lapin::Error> {
-        let conn = deadpool::managed::Manager::create(&self.manager).await?;
+    async fn subscribe(&self) -> Result<(NodeConnection, Consumer), String> {
+        let conn = tokio::time::timeout(
+            self.connect_timeout,
+            deadpool::managed::Manager::create(&self.manager),
+        )
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|e| format!("connect: {}", ErrorChain(&e)))?;
         let setup = async {
             let channel = conn.create_channel().await?;
             channel
@@ -322,17 +323,22 @@ impl Run {
                 )
                 .await
         };
-        match setup.await {
-            Ok(consumer) => Ok((conn, consumer)),
-            Err(error) => {
-                let _ = tokio::time::timeout(
-                    CLOSE_TIMEOUT,
-                    conn.close(320, "gateway resubscribing".into()),
-                )
-                .await;
-                Err(error)
-            }
-        }
+        let error = match tokio::time::timeout(self.connect_timeout, setup).await {
+            Ok(Ok(consumer)) => return Ok((conn, consumer)),
+            Ok(Err(error)) => format!(
+                "declare and consume on `{}`: {}",
+                self.exchange,
+                ErrorChain(&error)
+            ),
+            Err(_) => format!("declare and consume on `{}`: timed out", self.exchange),
+        };
+        // Closed rather than dropped: a dropped lapin connection stays open.
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            conn.close(320, "gateway resubscribing".into()),
+        )
+        .await;
+        Err(error)
     }
 
     /// Hands deliveries to the sink until the subscription ends. Returns `true` when stopped
