@@ -12,6 +12,7 @@
 //!   cannot resubscribe, and after resubscribing caches again with nothing from before.
 //! - `reinvalidate_after`: a read between the 202 and the consumer's apply re-caches the old
 //!   body; the second drop removes it after the delay.
+//! - Before its first subscription an instance is ready but bypasses its cache.
 //! - A reload keeps the subscription, and the cache it builds anew is invalidated too; a
 //!   reload that changes a coherence key is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -461,4 +462,33 @@ async fn a_reload_keeps_the_subscription_and_its_new_cache_is_invalidated() {
     let _ = std::fs::remove_file(&file);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn until_it_first_subscribes_an_instance_bypasses_its_cache_and_is_still_ready() {
+    let docs = Docs::start().await;
+    let ex = Exchanges::new();
+    // The invalidation exchange exists with another type: subscribing fails until it is gone.
+    let squatter = TestQueue::bind(
+        &amqp_url(),
+        &ex.invalidations,
+        Some(ExchangeKind::Topic),
+        "#",
+    )
+    .await;
+    let gw = TestGateway::start(&config(&docs, &ex, "coherence = true")).await;
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"]["coherent"], false, "{body}");
+    let path = "/docs/6";
+    for _ in 0..2 {
+        let r = get(&gw.at(path), &[]).await;
+        assert_eq!(r.x_cache(), "BYPASS", "{}", r.summary());
+    }
+    assert_eq!(docs.origin.hits(path), 2);
+    squatter.delete().await;
+    delete_exchange(&ex.invalidations).await;
+    wait_coherent(&gw, true).await;
+    warm(&gw, path, &docs.body(path)).await;
+    gw.shutdown().await;
 }
