@@ -8,8 +8,8 @@
 //! - A proxied unsafe request through A invalidates B too.
 //! - An instance whose subscriber connection is closed at the broker bypasses its cache
 //!   (`X-Cache: BYPASS`, every read goes to the origin, `gateway_cache_coherent` 0, `/readyz`
-//!   still 200) while it
-//!   cannot resubscribe, and after resubscribing caches again with nothing from before.
+//!   still 200) while it cannot resubscribe, and after resubscribing caches again with nothing
+//!   from before.
 //! - `reinvalidate_after`: a read between the 202 and the consumer's apply re-caches the old
 //!   body; the second drop removes it after the delay.
 //! - Before its first subscription an instance is ready but bypasses its cache.
