@@ -62,6 +62,7 @@ async fn reload(State(reloader): State<Arc<Reloader>>) -> Response {
 
 /// Prometheus text exposition.
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.set_cache_coherent(state.coherence.serving());
     let body = state
         .metrics
         .render(state.channels.readiness(), &state.channels.slots());
@@ -100,6 +101,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "node": s.node.as_deref(),
             "ready_channels": s.ready_channels,
         })).collect::<Vec<_>>(),
+        // Informational: a bypassed cache (coherence on, subscription down) still serves
+        // every request, from the origin, so it never fails readiness.
+        "cache": {
+            "coherence": state.invalidations.is_some(),
+            "coherent": state.coherence.serving(),
+            "instance": &*state.instance,
+        },
     });
     (status, Json(body)).into_response()
 }

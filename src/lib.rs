@@ -9,9 +9,11 @@
 //!   proxies a read through the cache.
 //! - [`auth`]: JWT verification (keys, JWKS refresh), [`auth::Identity`], and the per-route
 //!   [`auth::RequireAuthLayer`]; [`cors`]: CORS layers from config.
-//! - [`amqp`]: the pooled confirm-mode channel set and confirmed publishing (no HTTP types).
+//! - [`amqp`]: the pooled confirm-mode channel set and confirmed publishing, and cache
+//!   invalidations between instances ([`amqp::invalidation`]) (no HTTP types).
 //! - [`proxy`]: upstream targets, load balancing, passive health, forwarded headers.
-//! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing.
+//! - [`cache`]: the RFC 9111 shared cache, ETags, request coalescing, and what keeps it
+//!   coherent across instances ([`cache::Coherence`]).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `POST /reload` and the contract documents on
 //!   the admin listener.
 //! - [`metrics`]: Prometheus metrics and the request-metrics layer.

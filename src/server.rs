@@ -25,8 +25,11 @@ use tower::ServiceExt;
 
 use arc_swap::ArcSwap;
 
+use crate::amqp::invalidation::{
+    DecodeError, Invalidation, InvalidationPublisher, InvalidationSink, Subscriber,
+};
 use crate::amqp::{ChannelSet, PoolSettings};
-use crate::cache::Cache;
+use crate::cache::{Cache, Coherence};
 use crate::config::{Config, RouteAction, ServerConfig};
 use crate::idempotency::IdempotencyRecord;
 use crate::metrics::Metrics;
@@ -64,20 +67,52 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let channels = PoolSettings::try_from(&config.amqp)
-        .and_then(ChannelSet::start)
-        .map_err(RunError::Amqp)?;
+    let pool_settings = PoolSettings::try_from(&config.amqp).map_err(RunError::Amqp)?;
+    let channels = ChannelSet::start(pool_settings.clone()).map_err(RunError::Amqp)?;
+    let metrics = Arc::new(Metrics::new());
+    let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+    // With coherence the cache starts bypassed: nothing is served before the subscription
+    // is up, since an invalidation published before it would be missed.
+    let coherence = Coherence::new(config.cache.reinvalidate_after, !config.cache.coherence);
+    let subscriber = if config.cache.coherence {
+        let sink = Arc::new(CoherenceSink {
+            coherence: coherence.clone(),
+            metrics: metrics.clone(),
+        });
+        match Subscriber::start(
+            &pool_settings,
+            &config.cache.invalidation_exchange,
+            instance.clone(),
+            sink,
+        ) {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                channels.close(Duration::from_secs(1)).await;
+                return Err(RunError::Amqp(e));
+            }
+        }
+    } else {
+        None
+    };
     let lasting = Lasting {
         channels: channels.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         draining: Arc::new(AtomicBool::new(false)),
         idempotency: IdempotencyRecord::default(),
+        invalidations: config.cache.coherence.then(|| {
+            InvalidationPublisher::new(&config.cache.invalidation_exchange, instance.clone())
+        }),
+        coherence,
+        instance,
     };
     // A JWKS URL that cannot be fetched stops start-up (the gateway never serves with a cold
-    // key set): close the pool we just started.
+    // key set): close the pool (and subscriber) we just started.
     let state = match build_state(&config, &lasting, None).await {
         Ok(state) => state,
         Err(e) => {
+            if let Some(subscriber) = &subscriber {
+                subscriber.close(Duration::from_secs(1)).await;
+            }
             channels.close(Duration::from_secs(1)).await;
             return Err(e);
         }
@@ -157,6 +192,9 @@ pub async fn run(
         task.abort();
     }
     let remaining = deadline.saturating_sub(started_drain.elapsed());
+    if let Some(subscriber) = &subscriber {
+        subscriber.close(Duration::from_secs(1)).await;
+    }
     channels
         .close(remaining.max(std::time::Duration::from_secs(1)))
         .await;
@@ -172,6 +210,44 @@ struct Lasting {
     /// Kept across reloads: a retry after a reload must still meet the body it was first
     /// sent with.
     idempotency: IdempotencyRecord,
+    /// Invalidations and bypass: every cache built on reload shares it, so the subscriber
+    /// (started once, in [`run`]; `cache.coherence` needs a restart to change) keeps acting
+    /// on the cache in use.
+    coherence: Arc<Coherence>,
+    /// With `cache.coherence`.
+    invalidations: Option<InvalidationPublisher>,
+    instance: Arc<str>,
+}
+
+/// What the invalidation subscriber reports, applied to the cache and counted.
+struct CoherenceSink {
+    coherence: Arc<Coherence>,
+    metrics: Arc<Metrics>,
+}
+
+impl InvalidationSink for CoherenceSink {
+    fn subscribed(&self) {
+        self.coherence.subscribed();
+    }
+
+    fn unsubscribed(&self) {
+        self.coherence.unsubscribed();
+    }
+
+    fn received(&self, invalidation: &Invalidation) {
+        self.metrics.invalidation("received");
+        self.coherence.invalidate_written(
+            &invalidation.path,
+            invalidation.related.iter().map(String::as_str),
+        );
+    }
+
+    fn unreadable(&self, _: &DecodeError) {
+        // It may have been an invalidation: drop everything rather than risk serving around
+        // it.
+        self.metrics.invalidation("unreadable");
+        self.coherence.flush();
+    }
 }
 
 /// The request-handling state for `config`. With `previous` (a reload), upstreams whose
@@ -194,7 +270,7 @@ async fn build_state(
         previous
             .and_then(|p| p.cache.clone())
             .filter(|c| *c.settings() == config.cache)
-            .unwrap_or_else(|| Arc::new(Cache::new(&config.cache)))
+            .unwrap_or_else(|| Cache::shared(&config.cache, lasting.coherence.clone()))
     });
     let trusted_proxies: Arc<[ipnet::IpNet]> = config.server.trusted_proxies.clone().into();
     // Buckets start afresh with each config; idle keys are swept by a task that ends once
@@ -218,6 +294,9 @@ async fn build_state(
             previous.map(|p| &*p.upstreams),
         )),
         cache,
+        coherence: lasting.coherence.clone(),
+        invalidations: lasting.invalidations.clone(),
+        instance: lasting.instance.clone(),
         trusted_proxies,
         public_host: config.server.public_host.clone(),
         metrics: lasting.metrics.clone(),

@@ -7,8 +7,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::amqp::ChannelSet;
+use crate::amqp::invalidation::InvalidationPublisher;
 use crate::auth::Authenticator;
-use crate::cache::Cache;
+use crate::cache::{Cache, Coherence};
 use crate::config::{PublicHost, Route};
 use crate::idempotency::IdempotencyRecord;
 use crate::metrics::Metrics;
@@ -34,6 +35,12 @@ pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     /// The shared response cache (present when a route caches).
     pub cache: Option<Arc<Cache>>,
+    /// Invalidations, flushes and bypass: the state every cache of the process is built on.
+    pub coherence: Arc<Coherence>,
+    /// Publishes invalidations to the other instances (with `cache.coherence`).
+    pub invalidations: Option<InvalidationPublisher>,
+    /// This process's id among the instances (in invalidation messages, `/readyz`).
+    pub instance: Arc<str>,
     /// `server.trusted_proxies`.
     pub trusted_proxies: Arc<[IpNet]>,
     /// `server.public_host`: the only host requests may name; sent upstream as

@@ -13,14 +13,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lapin::ExchangeKind;
 use support::load::{DrainReport, Writers, client, post_event};
-use support::nginx::{DEPLOY_CONF, Nginx, upstream_keepalive_timeout};
+use support::nginx::{DEPLOY_CONF, Nginx, addr_of, upstream_keepalive_timeout};
 use support::process::GatewayProcess;
 use support::{Origin, TestGateway, TestQueue, amqp_url, unique_name};
 
@@ -81,10 +80,6 @@ upstream = "origin"
         origin = origin.url,
         delay = shutdown_delay.as_millis(),
     )
-}
-
-fn addr_of(url: &str) -> SocketAddr {
-    url.trim_start_matches("http://").parse().unwrap()
 }
 
 /// GET loops through nginx until stopped; returns (status, path) of every read.

@@ -27,8 +27,9 @@ use rustls::ClientConfig;
 use crate::shared::ErrorChain;
 use crate::tls::ClientTls;
 
-/// The name the gateway's connections show in the broker's management UI and `rabbitmqctl`.
-const CONNECTION_NAME: &str = "amqp-gateway";
+/// The name the gateway's publishing connections show in the broker's management UI and
+/// `rabbitmqctl` (the invalidation subscriber's is its own, see `invalidation.rs`).
+pub(super) const CONNECTION_NAME: &str = "amqp-gateway";
 
 /// Where TLS goes, when it does: the rustls config and the name the broker's certificate must
 /// carry (also sent as SNI when it is a DNS name).
@@ -47,6 +48,8 @@ struct TlsTarget {
 pub(super) struct Manager {
     nodes: Vec<Node>,
     next: AtomicUsize,
+    /// The client-provided connection name.
+    name: String,
 }
 
 /// A connection and the node it went to (its index in the configured URLs).
@@ -71,6 +74,7 @@ impl Manager {
         uris: Vec<AMQPUri>,
         tls: Option<&ClientTls>,
         connect_timeout: Duration,
+        name: &str,
     ) -> Result<Self, String> {
         if uris.is_empty() {
             return Err("no broker URL".to_owned());
@@ -86,6 +90,7 @@ impl Manager {
         Ok(Self {
             next: AtomicUsize::new(offset % nodes.len()),
             nodes,
+            name: name.to_owned(),
         })
     }
 
@@ -147,7 +152,7 @@ impl Node {
         })
     }
 
-    async fn connect(&self) -> Result<Connection, lapin::Error> {
+    async fn connect(&self, name: &str) -> Result<Connection, lapin::Error> {
         let tls = self.tls.clone();
         let timeout = self.stream_timeout;
         // lapin calls this on its I/O thread for the first connection, and again only when
@@ -166,7 +171,7 @@ impl Node {
                 format!("TCP/TLS connect did not finish within {timeout:?}"),
             ))),
         };
-        let props = ConnectionProperties::default().with_connection_name(CONNECTION_NAME.into());
+        let props = ConnectionProperties::default().with_connection_name(name.into());
         Connection::connector(self.uri.clone(), TokioRuntime::tokio_current(), open, props).await
     }
 }
@@ -182,7 +187,7 @@ impl deadpool::managed::Manager for Manager {
         for k in 0..n {
             let index = (start + k) % n;
             let node = &self.nodes[index];
-            match node.connect().await {
+            match node.connect(&self.name).await {
                 Ok(conn) => return Ok(NodeConnection { conn, node: index }),
                 Err(error) => {
                     if k + 1 < n {

@@ -1,11 +1,12 @@
-//! Everything that speaks AMQP: the pooled set of confirm-mode channels and confirmed
-//! publishing.
+//! Everything that speaks AMQP: the pooled set of confirm-mode channels, confirmed
+//! publishing, and the cache invalidations exchanged between instances ([`invalidation`]).
 //!
 //! No HTTP types in here: the write handler hands over an [`Event`] and gets back `Ok` only
 //! when the broker has confirmed a persistent message that was routed to at least one queue,
 //! or a [`PublishError`] that says whether anything may have been enqueued.
 
 mod connect;
+pub mod invalidation;
 mod pool;
 mod publish;
 

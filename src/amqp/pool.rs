@@ -30,18 +30,18 @@ use lapin::{Channel, Connection, Event as ConnEvent};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use super::connect::Manager;
+use super::connect::{CONNECTION_NAME, Manager};
 use super::publish::{properties, publish_on};
 use super::{Event, PROPERTIES_BUDGET_BYTES, PoolSettings, PublishError};
 use crate::shared::{ErrorChain, lock};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a supervisor looks for channels the broker closed on their own, and for a
 /// connection closed without an error event (a broker's `connection.close`, e.g. on
 /// `stop_app` or `close_connection`, only changes the connection's status).
-const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+pub(super) const CHANNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// AMQP heartbeat (seconds) requested when the URL does not set `heartbeat`: a connection
 /// whose peer went silent (host gone, network partition, frozen broker) is declared dead
 /// after two missed intervals, ~20 s, instead of the broker's default 60 s (~120 s). Pending
@@ -55,7 +55,7 @@ const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 const _: () = assert!(DEFAULT_FRAME_MAX as usize >= 2 * PROPERTIES_BUDGET_BYTES);
 /// Longest wait for a clean `connection.close` of a connection we give up on.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One publishable channel and the blocked flag of its connection.
 #[derive(Clone)]
@@ -126,16 +126,7 @@ impl ChannelSet {
     /// Starts one supervisor per connection; returns at once. Channels come up in the
     /// background: until then publishes fail with [`PublishError::Unavailable`].
     pub fn start(settings: PoolSettings) -> Result<Self, String> {
-        let uris = settings
-            .uris
-            .iter()
-            .map(|uri| {
-                let mut uri = uri.0.clone();
-                with_defaults(&mut uri);
-                uri
-            })
-            .collect();
-        let manager = Manager::new(uris, settings.tls.as_ref(), settings.connect_timeout)?;
+        let manager = manager(&settings, CONNECTION_NAME)?;
         let mut pool_config = PoolConfig::new(settings.connections);
         pool_config.timeouts = Timeouts {
             wait: Some(settings.connect_timeout),
@@ -284,6 +275,21 @@ impl Inner {
         let live = slots.iter().flatten().cloned().collect();
         self.live.store(Arc::new(live));
     }
+}
+
+/// A connection manager for the nodes of `settings` (URL defaults applied), its connections
+/// named `name`.
+pub(super) fn manager(settings: &PoolSettings, name: &str) -> Result<Manager, String> {
+    let uris = settings
+        .uris
+        .iter()
+        .map(|uri| {
+            let mut uri = uri.0.clone();
+            with_defaults(&mut uri);
+            uri
+        })
+        .collect();
+    Manager::new(uris, settings.tls.as_ref(), settings.connect_timeout, name)
 }
 
 /// The URL's settings, with `heartbeat=DEFAULT_HEARTBEAT_SECS` and

@@ -13,13 +13,16 @@
 //! - **Entries** ([`entry`]): the stored response with its prebuilt header blocks; encoded
 //!   variants (gzip/br/zstd) stored next to it, keyed by the client's `Accept-Encoding`, so a
 //!   hit never recompresses.
-//! - **Invalidation**: by request path, through a fixed table of generation counters (no
-//!   record that could be evicted, so an invalidated entry never comes back).
+//! - **Invalidation** ([`coherence`]): by request path, through a fixed table of generation
+//!   counters (no record that could be evicted, so an invalidated entry never comes back),
+//!   shared with the other instances over AMQP when `cache.coherence` is on (bypassing the
+//!   cache while that subscription is down).
 //! - **Coalescing** ([`Cache::join`]): concurrent misses for one key make one upstream request.
 //!
 //! Memory: bodies up to `cache.max_object_bytes` within a `cache.max_bytes` budget (moka,
 //! weighed in bytes, TinyLFU eviction).
 
+pub mod coherence;
 pub mod entry;
 pub mod etag;
 pub(crate) mod key;
@@ -27,8 +30,7 @@ pub mod policy;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::shared::lock;
 
+pub use coherence::Coherence;
 pub use entry::Entry;
 pub(crate) use entry::{Encoded, Freshness, Meta, Sharing};
 pub(crate) use key::Keys;
@@ -48,10 +51,6 @@ use crate::config::CacheSettings;
 /// Upper bound on distinct `Accept-Encoding` values stored per entry; more are compressed on
 /// the fly (clients send few distinct values, attackers many).
 const MAX_ENCODED_VARIANTS_PER_ENTRY: u64 = 8;
-
-/// Invalidation counters: a path maps to one of these by a keyed hash. A collision only
-/// invalidates more than asked (never less); 64 Ki counters take 512 KiB.
-const GENERATION_BUCKETS: usize = 1 << 16;
 
 /// `X-Cache`, stamped on every response of a cached route.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -68,6 +67,9 @@ pub enum CacheStatus {
     /// A stale entry served without the upstream: `stale-while-revalidate` (refreshed in the
     /// background) or `stale-if-error` (the upstream failed).
     Stale,
+    /// Fetched from the upstream without looking at the cache or storing: with
+    /// `cache.coherence`, while the invalidation subscription is down.
+    Bypass,
 }
 
 impl CacheStatus {
@@ -78,6 +80,7 @@ impl CacheStatus {
             Self::Miss => "MISS",
             Self::Revalidated => "REVALIDATED",
             Self::Stale => "STALE",
+            Self::Bypass => "BYPASS",
         })
     }
 
@@ -88,16 +91,18 @@ impl CacheStatus {
             Self::Miss => "miss",
             Self::Revalidated => "revalidated",
             Self::Stale => "stale",
+            Self::Bypass => "bypass",
         }
     }
 }
 
 /// A request path's invalidation generation, captured when a fetch begins: an entry is usable
-/// only while its path's counter still has this value.
+/// only while its path's counter and the flush epoch still have these values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Generation {
     bucket: usize,
     value: u64,
+    epoch: u64,
 }
 
 /// A stored entry found for a request, with the partition it was found in.
@@ -124,9 +129,8 @@ pub struct Cache {
     /// makes the variants unreachable (a miss), never wrong.
     vary: Moka<Vec<u8>, Arc<[HeaderName]>>,
     inflight: Inflight,
-    generations: Box<[AtomicU64]>,
-    /// Seeds the path hash per process, so which paths share a counter cannot be planned.
-    seed: u64,
+    /// Invalidations, flushes and bypass, shared with every cache of the process.
+    coherence: Arc<Coherence>,
     max_object_bytes: usize,
     /// What it was built from: a reload keeps this cache (and its entries) when unchanged.
     settings: CacheSettings,
@@ -232,8 +236,21 @@ fn push_encoded_key(key: &mut Vec<u8>, entry: &Entry, accept_encoding: &[u8]) {
 }
 
 impl Cache {
-    /// An empty cache with the configured budget.
+    /// An empty cache with the configured budget, on `coherence` (which a flush empties it
+    /// through).
+    pub fn shared(settings: &CacheSettings, coherence: Arc<Coherence>) -> Arc<Self> {
+        let cache = Arc::new(Self::build(settings, coherence.clone()));
+        coherence.register(Arc::downgrade(&cache));
+        cache
+    }
+
+    /// An empty cache with the configured budget and a coherence state of its own (always
+    /// serving, no second drops).
     pub fn new(settings: &CacheSettings) -> Self {
+        Self::build(settings, Coherence::new(Duration::ZERO, true))
+    }
+
+    fn build(settings: &CacheSettings, coherence: Arc<Coherence>) -> Self {
         let store = Moka::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|key: &Vec<u8>, value: &Value| {
@@ -248,8 +265,7 @@ impl Cache {
             store,
             vary: Moka::new(100_000),
             inflight: Arc::default(),
-            generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            seed: RandomState::new().hash_one(0u8),
+            coherence,
             max_object_bytes: settings.max_object_bytes,
             settings: settings.clone(),
         }
@@ -260,58 +276,44 @@ impl Cache {
         &self.settings
     }
 
+    /// Whether entries may be served and stored now (see [`Coherence::serving`]).
+    pub fn serving(&self) -> bool {
+        self.coherence.serving()
+    }
+
     /// Largest body that may be stored.
     pub fn max_object_bytes(&self) -> usize {
         self.max_object_bytes
     }
 
+    /// Drops every entry (a flush: [`Coherence::flush`] made them unusable already).
+    pub(super) fn clear(&self) {
+        self.store.invalidate_all();
+        self.vary.invalidate_all();
+    }
+
     /// The current invalidation generation of request `path`; capture it before fetching, so
     /// that a write landing while the fetch is under way invalidates what it brings back.
     pub fn generation(&self, path: &str) -> Generation {
-        // `/users/%31` and `/users/1` are one resource to the router (and upstream): one
-        // counter.
-        let path = normalise_path(path);
-        // The bucket count is a power of two: the mask keeps the low bits of the hash.
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(path.as_bytes(), self.seed);
-        let bucket = (hash as usize) & (GENERATION_BUCKETS - 1);
-        let value = self
-            .generations
-            .get(bucket)
-            .map_or(0, |g| g.load(Ordering::Acquire));
-        Generation { bucket, value }
+        self.coherence.generation(path)
     }
 
     fn is_current(&self, generation: Generation) -> bool {
-        self.generations
-            .get(generation.bucket)
-            .is_some_and(|g| g.load(Ordering::Acquire) == generation.value)
-    }
-
-    /// RFC 9111 §4.4: after a non-error answer to an unsafe request, what this instance stored
-    /// for its target `path` is invalid, and so is what it stored for a same-origin
-    /// `Location` or `Content-Location` of the answer (relative references only: an absolute
-    /// URL may name another host). Other instances' copies age out within their lifetime.
-    pub fn invalidate_written<'a>(&self, path: &str, related: impl IntoIterator<Item = &'a str>) {
-        self.invalidate_path(path);
-        for reference in related {
-            if reference.starts_with('/') && !reference.starts_with("//") {
-                let path = reference.split(['?', '#']).next().unwrap_or(reference);
-                self.invalidate_path(path);
-            }
-        }
+        self.coherence.is_current(generation)
     }
 
     /// Makes every stored response for request `path` (any route, query, variant or
     /// partition) unusable: RFC 9111 §4.4, after a successful unsafe request to that path.
     pub fn invalidate_path(&self, path: &str) {
-        let Generation { bucket, .. } = self.generation(path);
-        if let Some(g) = self.generations.get(bucket) {
-            g.fetch_add(1, Ordering::AcqRel);
-        }
+        self.coherence.invalidate_path(path);
     }
 
     /// The entry stored under `base` for this upstream request, if any and not invalidated.
     fn get(&self, base: &[u8], upstream: &HeaderMap) -> Option<Arc<Entry>> {
+        // Bypassed (coherence on, subscription down): an invalidation may have been missed.
+        if !self.coherence.serving() {
+            return None;
+        }
         // Most responses vary on nothing the request changes: their key is the base itself, so
         // a hit costs one store lookup. An entry under the plain key is current: storing a
         // varying response for `base` removes it.
@@ -367,7 +369,10 @@ impl Cache {
         entry: Entry,
     ) -> Arc<Entry> {
         let entry = Arc::new(entry);
-        if entry.body.len() > self.max_object_bytes || !self.is_current(entry.meta.generation) {
+        if entry.body.len() > self.max_object_bytes
+            || !self.coherence.serving()
+            || !self.is_current(entry.meta.generation)
+        {
             return entry;
         }
         let names: Arc<[HeaderName]> = vary.into();
@@ -470,6 +475,7 @@ mod tests {
         CacheSettings {
             max_bytes: 1 << 20,
             max_object_bytes: 1024,
+            ..CacheSettings::default()
         }
     }
 
@@ -639,6 +645,34 @@ mod tests {
     }
 
     #[test]
+    fn a_bypassed_cache_neither_serves_nor_stores_and_a_flush_empties_it() {
+        let coherence = Coherence::new(Duration::ZERO, true);
+        let c = Cache::shared(&settings(), coherence.clone());
+        let none = req(&[]);
+        let k = keys("/p", &none);
+        c.store(k.shared_base(), vec![], &none, entry(&c, "/p", b"old"));
+        assert!(c.lookup(&k, &none).is_some());
+        let in_flight = entry(&c, "/p", b"fetched before the loss");
+        assert!(coherence.unsubscribed());
+        assert!(c.lookup(&k, &none).is_none(), "bypassed: never served");
+        c.store.run_pending_tasks();
+        assert_eq!(c.store.entry_count(), 0, "the flush emptied the store");
+        c.store(k.shared_base(), vec![], &none, entry(&c, "/p", b"during"));
+        assert!(coherence.subscribed());
+        assert!(
+            c.lookup(&k, &none).is_none(),
+            "nothing stored while bypassed"
+        );
+        c.store(k.shared_base(), vec![], &none, in_flight);
+        assert!(
+            c.lookup(&k, &none).is_none(),
+            "a fetch begun before the gap is not stored after it"
+        );
+        c.store(k.shared_base(), vec![], &none, entry(&c, "/p", b"new"));
+        assert_eq!(c.lookup(&k, &none).unwrap().entry.body, "new");
+    }
+
+    #[test]
     fn oversized_bodies_are_not_stored() {
         let c = Cache::new(&settings());
         let big: &'static [u8] = Box::leak(vec![0u8; 2048].into_boxed_slice());
@@ -653,6 +687,7 @@ mod tests {
         let c = Cache::new(&CacheSettings {
             max_bytes: 64 * 1024,
             max_object_bytes: 1024,
+            ..CacheSettings::default()
         });
         let body: &'static [u8] = Box::leak(vec![7u8; 1000].into_boxed_slice());
         let none = req(&[]);

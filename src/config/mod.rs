@@ -99,6 +99,21 @@ pub struct CacheSettings {
     /// are streamed through. Default 1 MiB, at most `max_bytes`.
     #[serde(default = "default_cache_max_object_bytes")]
     pub max_object_bytes: usize,
+    /// Cache coherence across instances: publish every local invalidation on
+    /// `invalidation_exchange` and apply the other instances' ones; while the subscription is
+    /// down the cache is bypassed. Default `false` (one instance needs none). Restart to change.
+    #[serde(default)]
+    pub coherence: bool,
+    /// The gateway-owned fanout exchange invalidations travel on (declared durable by every
+    /// instance). Default `amqp-gateway.cache-invalidation`; same rules as
+    /// `amqp.exchanges[].name`, and not one of them. Restart to change.
+    #[serde(default = "default_invalidation_exchange")]
+    pub invalidation_exchange: String,
+    /// Every invalidation (local or received) drops its paths a second time after this
+    /// delay, for consumers that apply a published write after its 202. `0` (the default)
+    /// disables it; at most 1 h. Restart to change.
+    #[serde(default, with = "humantime_serde")]
+    pub reinvalidate_after: Duration,
 }
 
 impl Default for CacheSettings {
@@ -106,9 +121,19 @@ impl Default for CacheSettings {
         Self {
             max_bytes: default_cache_max_bytes(),
             max_object_bytes: default_cache_max_object_bytes(),
+            coherence: false,
+            invalidation_exchange: default_invalidation_exchange(),
+            reinvalidate_after: Duration::ZERO,
         }
     }
 }
+
+fn default_invalidation_exchange() -> String {
+    "amqp-gateway.cache-invalidation".to_owned()
+}
+
+/// Longest `cache.reinvalidate_after`: the pending second drops are kept in memory.
+pub const MAX_REINVALIDATE_AFTER: Duration = Duration::from_secs(3600);
 
 const fn default_cache_max_bytes() -> u64 {
     64 * 1024 * 1024
@@ -477,6 +502,19 @@ impl Config {
                 a.shutdown_delay != b.shutdown_delay,
             ),
             ("amqp", self.amqp != next.amqp),
+            // The subscriber and the second-drop schedule are set up once, at start-up.
+            (
+                "cache.coherence",
+                self.cache.coherence != next.cache.coherence,
+            ),
+            (
+                "cache.invalidation_exchange",
+                self.cache.invalidation_exchange != next.cache.invalidation_exchange,
+            ),
+            (
+                "cache.reinvalidate_after",
+                self.cache.reinvalidate_after != next.cache.reinvalidate_after,
+            ),
         ] {
             if differs {
                 changed.push(key);
@@ -592,6 +630,10 @@ impl RawConfig {
                 "cache.max_object_bytes",
                 "must be between 1 and cache.max_bytes",
             ));
+        }
+        validate_invalidation_exchange(&self.cache.invalidation_exchange, &amqp)?;
+        if self.cache.reinvalidate_after > MAX_REINVALIDATE_AFTER {
+            return Err(invalid("cache.reinvalidate_after", "must be at most 1h"));
         }
         if let Some(auth) = &self.auth {
             validate_auth(auth)?;
@@ -825,6 +867,36 @@ impl RawAmqpConfig {
             exchanges: self.exchanges,
         })
     }
+}
+
+/// `cache.invalidation_exchange`: a name the broker accepts, and not one of the configured
+/// exchanges (it is declared as a fanout of its own).
+fn validate_invalidation_exchange(name: &str, amqp: &AmqpConfig) -> Result<(), Invalid> {
+    let key = "cache.invalidation_exchange";
+    if name.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if name.starts_with("amq.") {
+        return Err(invalid(
+            key,
+            "names starting with `amq.` are reserved by the broker",
+        ));
+    }
+    if name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(invalid(
+            key,
+            "must be at most 255 bytes without control characters",
+        ));
+    }
+    if amqp.exchanges.iter().any(|e| e.name == name) {
+        return Err(invalid(
+            key,
+            format!(
+                "`{name}` is also in amqp.exchanges; the invalidation exchange is the gateway's own"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<UpstreamConfig, Invalid> {

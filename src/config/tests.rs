@@ -1385,3 +1385,59 @@ fn max_token_lifetime_is_optional_and_at_least_a_second() {
         .to_string();
     assert_has(&err, &["auth.max_token_lifetime"]);
 }
+
+#[test]
+fn cache_coherence_keys_have_defaults_types_and_rules() {
+    let c = load(BASE).unwrap();
+    assert!(!c.cache.coherence);
+    assert_eq!(
+        c.cache.invalidation_exchange,
+        "amqp-gateway.cache-invalidation"
+    );
+    assert_eq!(c.cache.reinvalidate_after, Duration::ZERO);
+    let on = load(&with_route(
+        "[cache]\ncoherence = true\ninvalidation_exchange = \"gw.inv\"\nreinvalidate_after = \"2s\"",
+    ))
+    .unwrap();
+    assert!(on.cache.coherence);
+    assert_eq!(on.cache.invalidation_exchange, "gw.inv");
+    assert_eq!(on.cache.reinvalidate_after, Duration::from_secs(2));
+    for (table, parts) in [
+        ("coherence = \"yes\"", &["cache.coherence"][..]),
+        (
+            "reinvalidate_after = \"soon\"",
+            &["cache.reinvalidate_after"],
+        ),
+        (
+            "reinvalidate_after = \"2h\"",
+            &["cache.reinvalidate_after", "1h"],
+        ),
+        (
+            "invalidation_exchange = \"\"",
+            &["cache.invalidation_exchange"],
+        ),
+        ("invalidation_exchange = \"amq.fanout\"", &["amq."]),
+        ("invalidation_exchange = \"users\"", &["amqp.exchanges"]),
+        ("coherent = true", &["coherent"]),
+    ] {
+        assert_has(&route_error(&format!("[cache]\n{table}")), parts);
+    }
+}
+
+#[test]
+fn cache_coherence_keys_need_a_restart() {
+    let a = load(BASE).unwrap();
+    for (table, key) in [
+        ("coherence = true", "cache.coherence"),
+        (
+            "invalidation_exchange = \"gw.inv\"",
+            "cache.invalidation_exchange",
+        ),
+        ("reinvalidate_after = \"1s\"", "cache.reinvalidate_after"),
+    ] {
+        let b = load(&with_route(&format!("[cache]\n{table}"))).unwrap();
+        assert_eq!(a.restart_required(&b), [key]);
+    }
+    let budget = load(&with_route("[cache]\nmax_bytes = 1048576")).unwrap();
+    assert!(a.restart_required(&budget).is_empty());
+}

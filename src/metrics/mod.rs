@@ -88,6 +88,11 @@ struct ReloadResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChannelState {
     state: &'static str,
 }
@@ -112,6 +117,8 @@ pub struct Metrics {
     /// Every node a connection was ever counted on, so a node that lost all of them reads 0.
     nodes_seen: std::sync::Mutex<std::collections::BTreeSet<Arc<str>>>,
     rate_limited: Family<RouteOnly, Counter>,
+    cache_coherent: Gauge,
+    invalidations: Family<Outcome, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,7 +163,7 @@ impl Metrics {
         let cache = Family::<RouteOutcome, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Cache results on cached read routes (hit, miss, revalidated, stale)",
+            "Cache results on cached read routes (hit, miss, revalidated, stale, bypass)",
             cache.clone(),
         );
         let upstream = Family::<UpstreamOutcome, Counter>::default();
@@ -189,7 +196,21 @@ impl Metrics {
             "Publishing connections by broker node (host:port)",
             connections.clone(),
         );
+        let cache_coherent = Gauge::default();
+        registry.register(
+            "cache_coherent",
+            "1 while the cache may serve: the invalidation subscription is up, or cache.coherence is off; 0 while it is bypassed",
+            cache_coherent.clone(),
+        );
+        let invalidations = Family::<Outcome, Counter>::default();
+        registry.register(
+            "cache_invalidations",
+            "Cache invalidations between instances by outcome (sent, unrouted, failed, received, unreadable)",
+            invalidations.clone(),
+        );
         Self {
+            cache_coherent,
+            invalidations,
             connections,
             nodes_seen: std::sync::Mutex::default(),
             rate_limited,
@@ -260,6 +281,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Records an invalidation sent to or received from the other instances: `sent`,
+    /// `unrouted` (no instance subscribed), `failed`, `received`, `unreadable`.
+    pub fn invalidation(&self, outcome: &'static str) {
+        self.invalidations.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Sets `gateway_cache_coherent` (read at scrape time).
+    pub fn set_cache_coherent(&self, coherent: bool) {
+        self.cache_coherent.set(i64::from(coherent));
+    }
+
     /// Records an upstream exchange outcome.
     pub fn upstream(&self, upstream: &Arc<str>, outcome: &'static str) {
         self.upstream
@@ -326,6 +358,8 @@ mod tests {
         m.publish(&create, "unroutable", None);
         m.cache(&Arc::from("get-user"), "hit");
         m.upstream(&Arc::from("users"), "ok");
+        m.invalidation("sent");
+        m.set_cache_coherent(true);
         let node = |n: Option<&str>| SlotState {
             node: n.map(Arc::from),
             ready_channels: 1,
@@ -356,6 +390,8 @@ mod tests {
             "gateway_amqp_connections{node=\"n1:5672\"} 2",
             "gateway_amqp_connections{node=\"n2:5672\"} 1",
             "gateway_amqp_channels{state=\"blocked\"} 1",
+            "gateway_cache_invalidations_total{outcome=\"sent\"} 1",
+            "gateway_cache_coherent 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

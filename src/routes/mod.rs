@@ -3,6 +3,7 @@
 
 mod body;
 mod encode;
+pub(crate) mod invalidate;
 mod json;
 mod path;
 pub mod publish;

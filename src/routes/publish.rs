@@ -195,9 +195,12 @@ pub async fn handle(
             })
         })
         .transpose()?;
-    if let Some(cache) = &state.cache {
-        cache.invalidate_written(parts.uri.path(), location.as_deref());
-    }
+    // After the confirm, before the answer: see `invalidate`.
+    let related: &[&str] = match &location {
+        Some(location) => &[location.as_str()],
+        None => &[],
+    };
+    super::invalidate::written(&state, parts.uri.path(), related).await;
     let status = StatusCode::from_u16(target.status).unwrap_or(StatusCode::ACCEPTED);
     let mut response = Response::new(Body::from(accepted_body(event_id_text)));
     *response.status_mut() = status;

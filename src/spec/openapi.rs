@@ -407,8 +407,8 @@ fn header_components() -> Value {
             "schema": { "type": "integer", "minimum": 0 },
         },
         "X-Cache": {
-            "description": "How the cache answered (routes with `cache`).",
-            "schema": { "type": "string", "enum": ["HIT", "MISS", "REVALIDATED", "STALE"] },
+            "description": "How the cache answered (routes with `cache`); `BYPASS` while `cache.coherence` has no subscription.",
+            "schema": { "type": "string", "enum": ["HIT", "MISS", "REVALIDATED", "STALE", "BYPASS"] },
         },
     })
 }

@@ -174,6 +174,11 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The address of a gateway or origin from its `http://127.0.0.1:PORT` URL.
+pub fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
 impl Nginx {
     /// Starts nginx with the derived `deploy/nginx.conf` in front of `servers`, and waits until
     /// it accepts connections. Panics (with nginx's error log) if it cannot start.

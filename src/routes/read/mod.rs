@@ -227,6 +227,12 @@ impl Cached<'_> {
                     Answer::PassThrough(Box::new(self.outbound.clone())),
                 ));
             }
+            // Bypassed (coherence on, not subscribed): nothing is stored, so there is no fill
+            // to wait for.
+            None if !self.cache.serving() => {
+                let fetched = self.fill(&HeaderMap::new()).await?;
+                return Ok((CacheStatus::Bypass, self.keep(fetched)));
+            }
             // Misses coalesce per partition the request may store into.
             None => match self.cache.join(self.base_of(true), self.timeout()).await {
                 Flight::Leader(guard) => {

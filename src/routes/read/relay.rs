@@ -7,9 +7,9 @@
 //! decoded under the limit (read whole, then sent decoded), any other coding is a 415. The
 //! answer — status, headers (`Set-Cookie`, `Location` included), body — streams back,
 //! untouched by the cache and the compressor. A request is never sent to a second target once
-//! the first read any of its body; a non-error answer invalidates what this instance cached
-//! for the target URI (RFC 9111 §4.4). Auth, identity headers and `forward_authorization`
-//! are those of reads ([`Outbound`]).
+//! the first read any of its body; a non-error answer invalidates what is cached for the
+//! target URI (RFC 9111 §4.4), on this instance and, with `cache.coherence`, on the others.
+//! Auth, identity headers and `forward_authorization` are those of reads ([`Outbound`]).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -79,14 +79,13 @@ pub(super) async fn handle(
     state.metrics.upstream(upstream.name(), outcome);
     let (answer, upstream_body) = result?.into_parts();
     let headers = response_headers(&answer.headers);
-    if let Some(cache) = &state.cache
-        && (answer.status.is_success() || answer.status.is_redirection())
-    {
-        let related = [header::LOCATION, header::CONTENT_LOCATION]
+    if answer.status.is_success() || answer.status.is_redirection() {
+        let related: Vec<&str> = [header::LOCATION, header::CONTENT_LOCATION]
             .into_iter()
             .filter_map(|name| headers.get(name))
-            .filter_map(|value| value.to_str().ok());
-        cache.invalidate_written(parts.uri.path(), related);
+            .filter_map(|value| value.to_str().ok())
+            .collect();
+        crate::routes::invalidate::written(state, parts.uri.path(), &related).await;
     }
     // The answer streams; `timeout` bounded only its head.
     let upstream_body = DeadlineBody::new(upstream_body, upstream.body_timeout());
