@@ -6,9 +6,9 @@
 //! invalidation in every subscribed instance's queue, and delivery takes the time a message
 //! takes (milliseconds). A failure changes nothing of the write's own answer — the write is
 //! done (confirmed, or answered by the upstream) — and is logged and counted
-//! (`gateway_cache_invalidations_total{outcome="failed"}`); the other instances then serve
-//! their entries until these expire or, with `cache.reinvalidate_after`, nothing catches it
-//! either: that is the one gap coherence leaves, and it is visible in the metric.
+//! (`gateway_cache_invalidations_total{outcome="failed"}`). The other instances then serve
+//! their entries until these expire (`cache.reinvalidate_after` does not help: its second
+//! drop is scheduled on receipt): that is the one gap coherence leaves, visible in the metric.
 
 use crate::amqp::PublishError;
 use crate::state::AppState;
