@@ -396,7 +396,7 @@ struct RawUpstreamConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// Base URLs (`http://host:port` or `https://host[:port]`), at least one.
-    pub targets: Vec<String>,
+    pub targets: Vec<UpstreamTarget>,
     /// Whole-request timeout towards a target, headers and body. Default 5s.
     pub timeout: Duration,
     /// TCP (and TLS) connect timeout; a target that fails to connect is skipped for
@@ -414,6 +414,22 @@ pub struct UpstreamConfig {
     pub body_timeout: Duration,
     /// TLS for `https://` targets (the `tls` table, or the defaults).
     pub tls: ClientTls,
+}
+
+/// One upstream target, parsed: `scheme://authority` and nothing else (a path or query is
+/// refused at load, so there is nothing to drop later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// `host[:port]`.
+    pub authority: http::uri::Authority,
+}
+
+impl std::fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
 }
 
 const fn default_upstream_timeout() -> Duration {
@@ -904,31 +920,41 @@ fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<Upstream
     if upstream.targets.is_empty() {
         return Err(invalid(key, "at least one target is required"));
     }
-    for target in &upstream.targets {
-        let uri: http::Uri = target
-            .parse()
-            .map_err(|_| invalid(&key, format!("`{target}` is not a valid URL")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-            return Err(invalid(
-                &key,
-                format!("`{target}` must be an http://host:port or https://host[:port] URL"),
-            ));
-        }
-        // Only scheme and authority of a target are used (the request path is sent as it is,
-        // or as the route's `upstream_path` renders it): a path or query here would be
-        // silently dropped, sending `/users` where `/v1/users` was meant.
-        if uri
-            .path_and_query()
-            .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
-        {
-            return Err(invalid(
-                &key,
-                format!(
-                    "`{target}` has a path or query; targets are scheme://host[:port] only (rewrite paths with a route's `upstream_path`)"
-                ),
-            ));
-        }
-    }
+    let targets = upstream
+        .targets
+        .iter()
+        .map(|target| {
+            let uri: http::Uri = target
+                .parse()
+                .map_err(|_| invalid(&key, format!("`{target}` is not a valid URL")))?;
+            // Only scheme and authority of a target are used (the request path is sent as it
+            // is, or as the route's `upstream_path` renders it): a path or query here would be
+            // silently dropped, sending `/users` where `/v1/users` was meant.
+            if uri
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str() != "/" && !pq.as_str().is_empty())
+            {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "`{target}` has a path or query; targets are scheme://host[:port] only (rewrite paths with a route's `upstream_path`)"
+                    ),
+                ));
+            }
+            let parts = uri.into_parts();
+            match (parts.scheme, parts.authority) {
+                (Some(scheme), Some(authority))
+                    if matches!(scheme.as_str(), "http" | "https") =>
+                {
+                    Ok(UpstreamTarget { scheme, authority })
+                }
+                _ => Err(invalid(
+                    &key,
+                    format!("`{target}` must be an http://host:port or https://host[:port] URL"),
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if upstream.timeout.is_zero() {
         return Err(invalid(
             format!("upstreams.{name}.timeout"),
@@ -950,7 +976,7 @@ fn validate_upstream(name: &str, upstream: RawUpstreamConfig) -> Result<Upstream
     let tls = ClientTls::load(upstream.tls.as_ref())
         .map_err(|e| invalid(format!("upstreams.{name}.tls.{}", e.field), e.message))?;
     Ok(UpstreamConfig {
-        targets: upstream.targets,
+        targets,
         timeout: upstream.timeout,
         connect_timeout: upstream.connect_timeout,
         fail_timeout: upstream.fail_timeout,

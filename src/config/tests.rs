@@ -992,7 +992,12 @@ fn upstream_rules() {
         "https://api.internal",
     ] {
         let c = load(&up(&format!("[\"{bare}\"]"), "")).unwrap();
-        assert_eq!(c.upstreams["u"].targets, [bare]);
+        let targets: Vec<String> = c.upstreams["u"]
+            .targets
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(targets, [bare.trim_end_matches('/')]);
     }
     assert_has(
         &load(&up("[\"http://127.0.0.1:1\"]", "timeout = \"0s\""))

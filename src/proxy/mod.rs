@@ -92,7 +92,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds clients for every upstream. Targets were validated as `http(s)://host[:port]`.
+    /// Builds clients for every upstream.
     pub fn new(config: &std::collections::BTreeMap<String, UpstreamConfig>) -> Self {
         Self::reusing(config, None)
     }
@@ -128,14 +128,10 @@ impl Upstreams {
                 let targets = cfg
                     .targets
                     .iter()
-                    .filter_map(|t| t.parse::<Uri>().ok())
-                    .filter_map(|u| {
-                        let parts = u.into_parts();
-                        Some(Target {
-                            scheme: parts.scheme?,
-                            authority: parts.authority?,
-                            down_until_ms: AtomicU64::new(0),
-                        })
+                    .map(|t| Target {
+                        scheme: t.scheme.clone(),
+                        authority: t.authority.clone(),
+                        down_until_ms: AtomicU64::new(0),
                     })
                     .collect();
                 let upstream = Upstream {
