@@ -79,7 +79,7 @@ fn print_routes(config: &Config) {
                     &p.exchange
                 },
                 p.routing_key,
-                p.status,
+                p.status.as_u16(),
                 p.schema
                     .as_ref()
                     .map(|s| format!(" schema={}", s.file()))

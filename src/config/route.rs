@@ -349,8 +349,8 @@ pub struct PublishTarget {
     pub exchange: String,
     /// Routing key template; placeholders are path parameters.
     pub routing_key: Template,
-    /// Success status: 202 or 201.
-    pub status: u16,
+    /// Success status: 202 Accepted or 201 Created.
+    pub status: http::StatusCode,
     /// `Location` template; placeholders are path parameters or `event_id`.
     pub location: Option<Template>,
     /// Accepted request media types (lower-case `type/subtype`).
@@ -873,7 +873,11 @@ impl RawPublish {
         Ok(PublishTarget {
             exchange: self.exchange,
             routing_key,
-            status: self.status,
+            status: if self.status == 201 {
+                http::StatusCode::CREATED
+            } else {
+                http::StatusCode::ACCEPTED
+            },
             location,
             content_types,
             properties: self.properties,

@@ -14,7 +14,7 @@ use axum::extract::{FromRequestParts, RawPathParams, Request};
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, LOCATION};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use uuid::Uuid;
 
@@ -201,9 +201,8 @@ pub async fn handle(
         None => &[],
     };
     super::invalidate::written(&state, parts.uri.path(), related).await;
-    let status = StatusCode::from_u16(target.status).unwrap_or(StatusCode::ACCEPTED);
     let mut response = Response::new(Body::from(accepted_body(event_id_text)));
-    *response.status_mut() = status;
+    *response.status_mut() = target.status;
     // What `axum::Json` sets.
     response
         .headers_mut()
@@ -407,7 +406,7 @@ mod tests {
         PublishTarget {
             exchange: "x".into(),
             routing_key: Template::parse(rk).unwrap(),
-            status: 202,
+            status: http::StatusCode::ACCEPTED,
             location: None,
             content_types: vec!["application/json".into()],
             properties: Default::default(),

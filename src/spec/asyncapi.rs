@@ -220,7 +220,7 @@ fn operation(route: &Route, target: &PublishTarget, channel: &str, message: &str
             "Route `{}`: each accepted {} request is published as one event, confirmed by the broker before the HTTP {} is sent. `mandatory`: an event no queue is bound for is returned and answered 503; nothing is enqueued then.",
             route.name,
             request_line(route),
-            target.status,
+            target.status.as_u16(),
         ),
         "messages": [{ "$ref": format!("#/channels/{channel}/messages/{message}") }],
         "bindings": { "amqp": amqp },

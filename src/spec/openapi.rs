@@ -134,7 +134,7 @@ fn operation(
             },
             target.routing_key,
             route.name,
-            target.status,
+            target.status.as_u16(),
         ),
         Kind::Read(target) => format!(
             "Proxied to upstream `{}` (route `{}`){}.",
@@ -467,7 +467,7 @@ fn responses(config: &Config, route: &Route, method: &Method, kind: &Kind<'_>) -
                 });
             }
             r.insert(
-                target.status.to_string(),
+                target.status.as_str().to_owned(),
                 json!({
                     "description": "The broker confirmed the event (persistent, routed to at least one queue). The body carries its id, the `message_id` of the event.",
                     "headers": headers,
