@@ -67,7 +67,7 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let pool_settings = PoolSettings::try_from(&config.amqp).map_err(RunError::Amqp)?;
+    let pool_settings = PoolSettings::from(&config.amqp);
     let channels = ChannelSet::start(pool_settings.clone()).map_err(RunError::Amqp)?;
     let metrics = Arc::new(Metrics::new());
     let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();

@@ -10,12 +10,9 @@ pub mod invalidation;
 mod pool;
 mod publish;
 
-use std::fmt;
 use std::time::Duration;
 
-use lapin::uri::{AMQPScheme, AMQPUri};
-
-use crate::config::{AmqpConfig, ExchangeKind};
+use crate::config::{AmqpConfig, BrokerUri, ExchangeKind};
 use crate::tls::ClientTls;
 
 pub use pool::{ChannelSet, Readiness, SlotState};
@@ -94,44 +91,6 @@ impl PublishError {
     }
 }
 
-/// The broker URL, parsed. It carries the password, so its `Debug` masks it: settings that
-/// hold it can be printed (and a stray `{:?}` in a log line is harmless).
-#[derive(Clone, PartialEq, Eq)]
-pub struct BrokerUri(AMQPUri);
-
-impl BrokerUri {
-    /// Parses `url`. The error does not quote the URL (it may hold credentials).
-    pub fn parse(url: &str) -> Result<Self, String> {
-        url.parse::<AMQPUri>()
-            .map(Self)
-            .map_err(|_| "the AMQP URL does not parse".to_owned())
-    }
-
-    /// `amqps://`?
-    pub fn is_tls(&self) -> bool {
-        self.0.scheme == AMQPScheme::AMQPS
-    }
-
-    /// `host:port`, for log lines.
-    pub fn authority(&self) -> String {
-        format!("{}:{}", self.0.authority.host, self.0.authority.port)
-    }
-}
-
-impl fmt::Debug for BrokerUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let uri = &self.0;
-        write!(
-            f,
-            "{}://{}:MASKED@{}/{}",
-            uri.scheme,
-            uri.authority.userinfo.username,
-            self.authority(),
-            uri.vhost
-        )
-    }
-}
-
 /// Pool sizing and deadlines, from `[amqp]`.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -152,23 +111,16 @@ pub struct PoolSettings {
     pub exchanges: Vec<(String, lapin::ExchangeKind)>,
 }
 
-impl TryFrom<&AmqpConfig> for PoolSettings {
-    type Error = String;
-
-    /// Fails only on a URL that does not parse, which config validation already refuses.
-    fn try_from(config: &AmqpConfig) -> Result<Self, String> {
+impl From<&AmqpConfig> for PoolSettings {
+    fn from(config: &AmqpConfig) -> Self {
         let kind = |kind| match kind {
             ExchangeKind::Topic => lapin::ExchangeKind::Topic,
             ExchangeKind::Direct => lapin::ExchangeKind::Direct,
             ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
             ExchangeKind::Headers => lapin::ExchangeKind::Headers,
         };
-        Ok(Self {
-            uris: config
-                .urls
-                .iter()
-                .map(|url| BrokerUri::parse(url.expose()))
-                .collect::<Result<_, _>>()?,
+        Self {
+            uris: config.urls.clone(),
             tls: config.tls.clone(),
             connections: config.connections,
             channels_per_connection: config.channels_per_connection,
@@ -179,22 +131,6 @@ impl TryFrom<&AmqpConfig> for PoolSettings {
                 .iter()
                 .map(|e| (e.name.clone(), kind(e.kind)))
                 .collect(),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_broker_uri_never_prints_its_password() {
-        let uri = BrokerUri::parse("amqps://app:s3cret@broker.internal:5671/prod").unwrap();
-        let shown = format!("{uri:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert_eq!(shown, "amqps://app:MASKED@broker.internal:5671/prod");
-        assert!(uri.is_tls());
-        let err = BrokerUri::parse("amqp://app:s3cret@host:notaport/").unwrap_err();
-        assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }

@@ -284,7 +284,7 @@ pub(super) fn manager(settings: &PoolSettings, name: &str) -> Result<Manager, St
         .uris
         .iter()
         .map(|uri| {
-            let mut uri = uri.0.clone();
+            let mut uri = uri.uri().clone();
             with_defaults(&mut uri);
             uri
         })

@@ -9,6 +9,7 @@
 //!    uses. Nothing downstream re-checks what this module guarantees.
 
 mod auth;
+mod broker;
 mod interpolate;
 mod route;
 mod secret;
@@ -25,6 +26,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use auth::{AuthConfig, CorsConfig, CorsOrigins, CorsPolicy, JWT_ALGORITHMS, KeyConfig};
+pub use broker::BrokerUri;
 pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
@@ -331,8 +333,8 @@ const fn default_retry_after() -> Duration {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpConfig {
     /// Broker URLs (`amqp://` or `amqps://`, all the same scheme), one per cluster node
-    /// (`url = "…"` is the one-node form). May carry credentials: never logged.
-    pub urls: Vec<Secret>,
+    /// (`url = "…"` is the one-node form). May carry credentials: printed masked.
+    pub urls: Vec<BrokerUri>,
     /// Number of AMQP connections (1–64). Default 2.
     pub connections: usize,
     /// Confirm-mode publishing channels per connection (1–128). Default 8.
@@ -800,20 +802,20 @@ impl RawAmqpConfig {
         if urls.len() > 16 {
             return Err(invalid(key, "at most 16 broker URLs"));
         }
-        let mut schemes = BTreeSet::new();
-        for (i, url) in urls.iter().enumerate() {
-            let at = if key == "amqp.url" {
-                key.to_owned()
-            } else {
-                format!("{key}[{i}]")
-            };
-            // Don't echo the parser's message: it may quote the URL, credentials included.
-            let uri = url
-                .expose()
-                .parse::<lapin::uri::AMQPUri>()
-                .map_err(|_| invalid(&at, "not a valid amqp:// or amqps:// URL"))?;
-            schemes.insert(uri.scheme == lapin::uri::AMQPScheme::AMQPS);
-        }
+        let urls = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let at = if key == "amqp.url" {
+                    key.to_owned()
+                } else {
+                    format!("{key}[{i}]")
+                };
+                // The message never quotes the URL: it may carry credentials.
+                BrokerUri::parse(url.expose()).map_err(|m| invalid(&at, m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let schemes: BTreeSet<bool> = urls.iter().map(BrokerUri::is_tls).collect();
         if schemes.len() > 1 {
             return Err(invalid(
                 key,

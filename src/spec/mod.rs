@@ -180,23 +180,10 @@ pub(crate) fn broker_servers(config: &Config) -> Vec<BrokerServer> {
         .amqp
         .urls
         .iter()
-        // Validation parsed every URL already; one that did not would simply be left out.
-        .filter_map(|url| url.expose().parse::<lapin::uri::AMQPUri>().ok())
-        .map(|uri| {
-            let host = &uri.authority.host;
-            let host = if host.contains(':') {
-                format!("[{host}]:{}", uri.authority.port)
-            } else {
-                format!("{host}:{}", uri.authority.port)
-            };
-            BrokerServer {
-                protocol: match uri.scheme {
-                    lapin::uri::AMQPScheme::AMQPS => "amqps",
-                    lapin::uri::AMQPScheme::AMQP => "amqp",
-                },
-                host,
-                vhost: uri.vhost,
-            }
+        .map(|uri| BrokerServer {
+            protocol: if uri.is_tls() { "amqps" } else { "amqp" },
+            host: uri.authority(),
+            vhost: uri.vhost().to_owned(),
         })
         .collect()
 }
