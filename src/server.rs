@@ -294,6 +294,7 @@ async fn build_state(
             previous.map(|p| &*p.upstreams),
         )),
         cache,
+        compression: config.compression,
         coherence: lasting.coherence.clone(),
         invalidations: lasting.invalidations.clone(),
         instance: lasting.instance.clone(),

@@ -35,6 +35,8 @@ pub struct AppState {
     pub upstreams: Arc<Upstreams>,
     /// The shared response cache (present when a route caches).
     pub cache: Option<Arc<Cache>>,
+    /// How hard read responses are compressed (`[compression]`).
+    pub compression: crate::config::CompressionSettings,
     /// Invalidations, flushes and bypass: the state every cache of the process is built on.
     pub coherence: Arc<Coherence>,
     /// Publishes invalidations to the other instances (with `cache.coherence`).

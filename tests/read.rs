@@ -624,3 +624,91 @@ async fn reads_work_while_the_broker_is_down() {
     let (status, _, _) = get(&client(), &gw.at("/users/1"), &[]).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// `[compression]`: responses encoded for one request use the `dynamic` level, variants
+/// stored with a cache entry the `cached` one, for every coding; swapping the two levels swaps
+/// which body is smaller. Every body decodes to the origin's.
+#[tokio::test]
+async fn dynamic_and_cached_responses_are_compressed_at_their_own_levels() {
+    // JSON of the usual kind (repeated keys, words, names): every coding's higher levels do
+    // better on it by a wide margin (levels are not monotonic on every input).
+    let words = [
+        "lorem",
+        "ipsum",
+        "dolor",
+        "sit",
+        "amet",
+        "consectetur",
+        "adipiscing",
+        "elit",
+    ];
+    let names = [
+        "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Ken", "Margaret",
+    ];
+    let body: String = (0..300usize)
+        .map(|i| {
+            let bio: Vec<&str> = (0..12usize)
+                .map(|j| words[(i * 31 + j * 17 + i * j) % words.len()])
+                .collect();
+            format!(
+                r#"{{"id":{i},"name":"{}","email":"{}{i}@example.com","active":{},"bio":"{}"}},"#,
+                names[i % names.len()],
+                names[(i * 7) % names.len()].to_lowercase(),
+                i % 3 == 0,
+                bio.join(" ")
+            )
+        })
+        .collect();
+    let served = body.clone();
+    let origin = Origin::scripted("o", move |_| {
+        support::origin::Reply::ok()
+            .header("content-type", "application/json")
+            .header("cache-control", "max-age=60")
+            .body(served.clone())
+    })
+    .await;
+    let decode = |coding: &str, encoded: &[u8]| -> Vec<u8> {
+        match coding {
+            "gzip" => gunzip(encoded),
+            "br" => {
+                let mut out = Vec::new();
+                brotli::BrotliDecompress(&mut &encoded[..], &mut out).unwrap();
+                out
+            }
+            _ => zstd::stream::decode_all(encoded).unwrap(),
+        }
+    };
+    let c = client();
+    for (dynamic, cached, cached_is_smaller) in [("fast", "high", true), ("high", "fast", false)] {
+        let sections = format!(
+            "{}{}\n[compression]\ndynamic = \"{dynamic}\"\ncached = \"{cached}\"\n",
+            support::gateway::read_route("plain", "/plain/{id}", "o", ""),
+            support::gateway::read_route(
+                "stored",
+                "/stored/{id}",
+                "o",
+                "cache = { ttl = \"60s\" }"
+            ),
+        );
+        let gw = TestGateway::in_front_of(&origin.url, "", &sections).await;
+        for coding in ["gzip", "br", "zstd"] {
+            let accept = [("accept-encoding", coding)];
+            let (_, plain_headers, plain) = get(&c, &gw.at("/plain/1"), &accept).await;
+            get(&c, &gw.at("/stored/1"), &accept).await;
+            let (_, stored_headers, stored) = get(&c, &gw.at("/stored/1"), &accept).await;
+            assert_eq!(plain_headers["content-encoding"], coding);
+            assert_eq!(stored_headers["content-encoding"], coding);
+            assert_eq!(stored_headers["x-cache"], "HIT");
+            assert_eq!(decode(coding, &plain), body.as_bytes());
+            assert_eq!(decode(coding, &stored), body.as_bytes());
+            assert_eq!(
+                stored.len() < plain.len(),
+                cached_is_smaller,
+                "{coding}: dynamic {dynamic} gave {} bytes, cached {cached} {} bytes",
+                plain.len(),
+                stored.len()
+            );
+        }
+        gw.shutdown().await;
+    }
+}

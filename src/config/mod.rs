@@ -87,7 +87,86 @@ struct RawConfig {
     #[serde(default)]
     cache: CacheSettings,
     #[serde(default)]
+    compression: CompressionSettings,
+    #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+/// `[compression]`: how hard read responses are compressed (a route's `compress` says
+/// whether). Reloadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSettings {
+    /// Responses encoded for one request and not kept (uncached routes, misses): `fast` by
+    /// default, as nginx's `gzip_comp_level 1`: the CPU is spent on every response.
+    #[serde(default = "CompressionLevel::fast")]
+    pub dynamic: CompressionLevel,
+    /// Encoded variants stored with a cache entry: encoded once, served many times, so
+    /// `high` by default (smaller bodies on the wire for the same CPU over the entry's life).
+    #[serde(default = "CompressionLevel::high")]
+    pub cached: CompressionLevel,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        Self {
+            dynamic: CompressionLevel::Fast,
+            cached: CompressionLevel::High,
+        }
+    }
+}
+
+/// A compression effort, mapped to each coding's own scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionLevel {
+    /// gzip 1, br 1, zstd 1.
+    Fast,
+    /// gzip 6, br 4, zstd 3 (each library's usual default; br's own default is 11).
+    Default,
+    /// gzip 9, br 9, zstd 12: near the best ratios without br's and zstd's slowest modes.
+    High,
+    /// gzip 9, br 11, zstd 19: the smallest bodies, at many times the CPU of `high`.
+    Best,
+}
+
+impl CompressionLevel {
+    const fn fast() -> Self {
+        Self::Fast
+    }
+
+    const fn high() -> Self {
+        Self::High
+    }
+
+    /// The gzip (deflate) level, 1–9.
+    pub const fn gzip(self) -> u32 {
+        match self {
+            Self::Fast => 1,
+            Self::Default => 6,
+            Self::High | Self::Best => 9,
+        }
+    }
+
+    /// The brotli quality, 0–11.
+    pub const fn brotli(self) -> u32 {
+        match self {
+            Self::Fast => 1,
+            Self::Default => 4,
+            Self::High => 9,
+            Self::Best => 11,
+        }
+    }
+
+    /// The zstd level, 1–22.
+    pub const fn zstd(self) -> i32 {
+        match self {
+            Self::Fast => 1,
+            Self::Default => 3,
+            Self::High => 12,
+            Self::Best => 19,
+        }
+    }
 }
 
 /// `[cache]`: the shared response cache used by read routes with `cache = {...}`.
@@ -466,6 +545,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `[cache]`.
     pub cache: CacheSettings,
+    /// `[compression]`.
+    pub compression: CompressionSettings,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
     /// The file it was loaded from ([`Config::load`]), which a reload reads again; `None`
@@ -778,6 +859,7 @@ impl RawConfig {
             cors,
             upstreams,
             cache: self.cache,
+            compression: self.compression,
             routes,
             source: None,
         })

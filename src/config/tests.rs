@@ -459,6 +459,30 @@ fn cloudevents_on_a_publish_route() {
 }
 
 #[test]
+fn compression_levels() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.compression.dynamic, CompressionLevel::Fast);
+    assert_eq!(c.compression.cached, CompressionLevel::High);
+    let c = load(&format!(
+        "{BASE}\n[compression]\ndynamic = \"default\"\ncached = \"best\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.compression.dynamic, CompressionLevel::Default);
+    assert_eq!(
+        (
+            c.compression.cached.gzip(),
+            c.compression.cached.brotli(),
+            c.compression.cached.zstd()
+        ),
+        (9, 11, 19)
+    );
+    let err = load(&format!("{BASE}\n[compression]\ndynamic = \"turbo\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert_has(&err, &["compression.dynamic", "turbo"]);
+}
+
+#[test]
 fn route_rules() {
     let pub_ok = "publish = { exchange = \"users\", routing_key = \"k\" }\n";
     let route = |name: &str, path: &str, methods: &str| {

@@ -1,13 +1,16 @@
-//! gzip and zstd for complete response bodies with reused, per-thread encoders.
+//! gzip, br and zstd for complete response bodies, at the level the caller asks for.
 //!
 //! tower-http's compression builds a new encoder for every response: for deflate that is a
 //! ~300 KB state allocated and zeroed per response, which cost more than compressing a 2 KB
-//! JSON body itself (bench/, BENCHMARKS.md); for zstd a new compression context. A body the
-//! gateway already holds in full is encoded here instead, with one encoder per coding and
-//! worker thread, reset between responses. Only where the outcome is certain to be the same
-//! coding: tower-http's negotiation must pick it for the `Accept-Encoding` value (checked by
-//! [`picks_gzip`], [`picks_zstd`]) and its predicate must allow compression (checked by the
-//! caller). Everything else (br, q-values, `*`, streamed bodies) still goes through tower-http.
+//! JSON body itself (bench/, BENCHMARKS.md); for zstd a new compression context; for br a
+//! state sized for a 4 MiB window at quality 11 (brotli's default, which tower-http keeps). A
+//! body the gateway already holds in full is encoded here instead: gzip and zstd with one
+//! encoder per coding, level and worker thread, reset between responses; br in one shot with
+//! its window sized to the body (brotli has no reset; a small window makes its state small).
+//! Only where the outcome is certain to be the same coding: tower-http's negotiation must
+//! pick it for the `Accept-Encoding` value (checked by [`picks_gzip`], [`picks_br`],
+//! [`picks_zstd`]) and its predicate must allow compression (checked by the caller).
+//! Everything else (q-values, `*`, streamed bodies) still goes through tower-http.
 
 use std::cell::RefCell;
 
@@ -15,19 +18,18 @@ use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress, Status};
 use http::HeaderValue;
 
-/// Same level as tower-http's `CompressionLevel::Default` for gzip (flate2's default, 6), so
-/// the fast path sends the same size of body as the general path.
-const GZIP_LEVEL: u32 = 6;
 /// deflate window: 2^15 bytes, the gzip default.
 const WINDOW_BITS: u8 = 15;
 
-/// tower-http's `CompressionLevel::Default` for zstd (zstd's own default, 3; below 17, so
-/// tower-http sets no window limit either).
-const ZSTD_LEVEL: i32 = zstd::DEFAULT_COMPRESSION_LEVEL;
+/// brotli's window bounds (RFC 7932 §9.1: 2^10 – 2^24 bytes; 22 is its default).
+const BROTLI_MIN_WINDOW_BITS: u32 = 10;
+const BROTLI_MAX_WINDOW_BITS: u32 = 22;
 
 thread_local! {
-    static GZIP: RefCell<Option<Compress>> = const { RefCell::new(None) };
-    static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    // One encoder per level in use (the configured dynamic and cached levels: two).
+    static GZIP: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
+    static ZSTD: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 /// True when tower-http's negotiation is certain to choose zstd for this `Accept-Encoding`:
@@ -51,23 +53,61 @@ pub(crate) fn picks_zstd(accept_encoding: &HeaderValue) -> bool {
     zstd
 }
 
-/// `body` as one zstd frame (RFC 8878), or `None` if the encoder failed.
-pub(crate) fn zstd(body: &[u8]) -> Option<Bytes> {
+/// `body` as one zstd frame (RFC 8878) at `level`, or `None` if the encoder failed.
+pub(crate) fn zstd(body: &[u8], level: i32) -> Option<Bytes> {
     ZSTD.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?);
-        }
-        let encoder = slot.as_mut()?;
+        let mut encoders = slot.borrow_mut();
+        let i = match encoders.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                encoders.push((level, zstd::bulk::Compressor::new(level).ok()?));
+                encoders.len() - 1
+            }
+        };
         // Each call starts a new frame on the kept context (parameters stay, state resets).
-        match encoder.compress(body) {
+        match encoders[i].1.compress(body) {
             Ok(out) => Some(Bytes::from(out)),
             Err(_) => {
-                *slot = None;
+                encoders.swap_remove(i);
                 None
             }
         }
     })
+}
+
+/// True when tower-http's negotiation is certain to choose br for this `Accept-Encoding`: br
+/// is listed, zstd (preferred on a tie) and `*` are not, and no q-value is given (iOS sends
+/// `gzip, deflate, br`).
+pub(crate) fn picks_br(accept_encoding: &HeaderValue) -> bool {
+    let Ok(value) = accept_encoding.to_str() else {
+        return false;
+    };
+    if value.contains(';') {
+        return false;
+    }
+    let mut br = false;
+    for token in value.split(',').map(str::trim) {
+        if token == "*" || token.eq_ignore_ascii_case("zstd") {
+            return false;
+        }
+        br |= token.eq_ignore_ascii_case("br");
+    }
+    br
+}
+
+/// `body` as a brotli stream (RFC 7932) at `quality`, or `None` if the encoder failed. The
+/// window is the smallest that holds the body, so the encoder's state stays small.
+pub(crate) fn br(body: &[u8], quality: u32) -> Option<Bytes> {
+    let needed = usize::BITS - body.len().saturating_sub(1).leading_zeros();
+    let params = brotli::enc::BrotliEncoderParams {
+        quality: i32::try_from(quality).ok()?,
+        lgwin: i32::try_from(needed.clamp(BROTLI_MIN_WINDOW_BITS, BROTLI_MAX_WINDOW_BITS)).ok()?,
+        size_hint: body.len(),
+        ..Default::default()
+    };
+    let mut out = Vec::with_capacity(body.len() / 3 + 64);
+    brotli::BrotliCompress(&mut &body[..], &mut out, &params).ok()?;
+    Some(Bytes::from(out))
 }
 
 /// True when tower-http's negotiation is certain to choose gzip for this `Accept-Encoding`:
@@ -132,12 +172,21 @@ pub(crate) fn accepts_coding(accept_encoding: &HeaderValue) -> bool {
         })
 }
 
-/// `body` gzipped (RFC 1952), or `None` if the encoder failed.
-pub(crate) fn gzip(body: &[u8]) -> Option<Bytes> {
+/// `body` gzipped (RFC 1952) at `level` (1–9), or `None` if the encoder failed.
+pub(crate) fn gzip(body: &[u8], level: u32) -> Option<Bytes> {
     GZIP.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let encoder = slot
-            .get_or_insert_with(|| Compress::new_gzip(Compression::new(GZIP_LEVEL), WINDOW_BITS));
+        let mut encoders = slot.borrow_mut();
+        let i = match encoders.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                encoders.push((
+                    level,
+                    Compress::new_gzip(Compression::new(level), WINDOW_BITS),
+                ));
+                encoders.len() - 1
+            }
+        };
+        let encoder = &mut encoders[i].1;
         encoder.reset();
         // JSON usually shrinks 4-10×; grow if it does not.
         let mut out = Vec::with_capacity(body.len() / 3 + 64);
@@ -149,7 +198,7 @@ pub(crate) fn gzip(body: &[u8]) -> Option<Bytes> {
                 Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(1024)),
                 Err(_) => {
                     // Never leave a half-used encoder behind.
-                    *slot = None;
+                    encoders.swap_remove(i);
                     return None;
                 }
             }
@@ -216,7 +265,7 @@ mod tests {
     fn zstd_round_trips_and_reuses_the_encoder() {
         for body in [b"".to_vec(), br#"{"a":1}"#.repeat(400)] {
             for _ in 0..2 {
-                let z = zstd(&body).unwrap();
+                let z = zstd(&body, 3).unwrap();
                 let back = zstd::bulk::decompress(&z, body.len() + 1).unwrap();
                 assert_eq!(back, body);
             }
@@ -248,7 +297,7 @@ mod tests {
             (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect(),
         ] {
             for _ in 0..2 {
-                let gz = gzip(&body).unwrap();
+                let gz = gzip(&body, 6).unwrap();
                 assert_eq!(&gz[..2], &[0x1f, 0x8b]);
                 let mut back = Vec::new();
                 flate2::read::GzDecoder::new(&gz[..])
@@ -257,5 +306,57 @@ mod tests {
                 assert_eq!(back, body);
             }
         }
+    }
+
+    #[test]
+    fn br_subset_matches_tower_http() {
+        for yes in ["br", "gzip, deflate, br", "BR, gzip", "identity, br"] {
+            assert!(picks_br(&HeaderValue::from_static(yes)), "{yes}");
+        }
+        for no in [
+            "gzip",
+            "gzip, deflate, br, zstd",
+            "br;q=0",
+            "br, gzip;q=1",
+            "*",
+            "br, *",
+            "",
+        ] {
+            assert!(!picks_br(&HeaderValue::from_static(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn br_round_trips_at_every_level_and_size() {
+        for body in [
+            b"".to_vec(),
+            b"x".to_vec(),
+            br#"{"a":1}"#.repeat(400),
+            (0..200_000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+        ] {
+            for quality in [1, 4, 9, 11] {
+                let encoded = br(&body, quality).unwrap();
+                let mut back = Vec::new();
+                brotli::BrotliDecompress(&mut &encoded[..], &mut back).unwrap();
+                assert_eq!(back, body, "quality {quality}, {} bytes", body.len());
+            }
+        }
+    }
+
+    #[test]
+    fn higher_levels_give_smaller_bodies_with_encoders_kept_per_level() {
+        let body: Vec<u8> = (0..400)
+            .flat_map(|i| {
+                format!(r#"{{"id":{i},"name":"user {i}","tags":["a","b"]}},"#).into_bytes()
+            })
+            .collect();
+        let fast = gzip(&body, 1).unwrap();
+        let high = gzip(&body, 9).unwrap();
+        assert!(high.len() < fast.len(), "{} vs {}", high.len(), fast.len());
+        // Alternating levels on one thread: each keeps its own encoder, same output each time.
+        assert_eq!(gzip(&body, 1).unwrap(), fast);
+        assert_eq!(gzip(&body, 9).unwrap(), high);
+        assert!(zstd(&body, 12).unwrap().len() < zstd(&body, 1).unwrap().len());
+        assert!(br(&body, 9).unwrap().len() < br(&body, 1).unwrap().len());
     }
 }

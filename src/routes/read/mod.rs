@@ -75,7 +75,7 @@ pub async fn handle(
         params: params.as_ref(),
         uri: &parts.uri,
     };
-    let responder = Responder::new(route.target.compress, &parts);
+    let responder = Responder::new(route.target.compress, state.compression, &parts);
     let Some((config, cache)) = cache else {
         return forward(&state, target, outbound, &responder, None).await;
     };

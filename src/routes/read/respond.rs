@@ -19,7 +19,7 @@ use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove}
 
 use crate::cache::entry::{NOT_MODIFIED_FIELDS, append_vary_accept_encoding};
 use crate::cache::{Cache, CacheStatus, Encoded, Entry, X_CACHE, etag, policy};
-use crate::config::CompressPolicy;
+use crate::config::{CompressPolicy, CompressionLevel, CompressionSettings};
 use crate::error::GatewayError;
 use crate::routes::encode;
 
@@ -48,11 +48,17 @@ pub(super) struct Responder<'a> {
     request: &'a Parts,
     /// Compress for this client when it accepts a coding.
     compress: bool,
+    /// How hard: `dynamic` for upstream responses, `cached` for stored variants.
+    levels: CompressionSettings,
 }
 
 impl<'a> Responder<'a> {
     /// The responder for `request` on a route with this compression policy.
-    pub(super) fn new(policy: CompressPolicy, request: &'a Parts) -> Self {
+    pub(super) fn new(
+        policy: CompressPolicy,
+        levels: CompressionSettings,
+        request: &'a Parts,
+    ) -> Self {
         // BREACH: a response to a request with credentials may reflect input next to secrets;
         // `Cookie` counts as `Authorization` does.
         let credentials = request.headers.contains_key(header::AUTHORIZATION)
@@ -62,7 +68,11 @@ impl<'a> Responder<'a> {
             CompressPolicy::Never => false,
             CompressPolicy::Auto => !credentials,
         };
-        Self { request, compress }
+        Self {
+            request,
+            compress,
+            levels,
+        }
     }
 
     /// Whether the client sent a `Range`.
@@ -139,7 +149,8 @@ impl<'a> Responder<'a> {
             );
         }
         let plain = build(entry.status, entry.headers.clone(), entry.body.clone());
-        let encoded = compress(accept, plain).await;
+        // Stored and served many times: encoded once, at the cached level.
+        let encoded = compress(accept, plain, self.levels.cached).await;
         let (mut parts, body) = encoded.into_parts();
         if !parts.headers.contains_key(header::CONTENT_ENCODING) {
             parts.headers.insert(header::AGE, entry_age(entry));
@@ -215,7 +226,7 @@ impl<'a> Responder<'a> {
             return self.not_modified_response(response.headers(), encodable);
         }
         match self.request.headers.get(header::ACCEPT_ENCODING) {
-            Some(accept) if self.compress => compress(accept, response).await,
+            Some(accept) if self.compress => compress(accept, response, self.levels.dynamic).await,
             _ => {
                 let mut response = response;
                 if self.compress {
@@ -327,12 +338,16 @@ fn error_response(e: GatewayError) -> Response {
 }
 
 /// Runs one response through tower-http's compression for this `Accept-Encoding` (its
-/// negotiation, q-values and compressible-type predicate), weakening the ETag when it encodes.
-/// Complete bodies that tower-http would gzip or zstd-encode are encoded by [`encode`] instead,
-/// with a reused encoder (same negotiation, predicate, headers and level; no per-response
-/// encoder state).
-async fn compress(accept_encoding: &HeaderValue, response: Response) -> Response {
-    let response = match encode_complete(accept_encoding, response).await {
+/// negotiation, q-values and compressible-type predicate) at `level`, weakening the ETag when
+/// it encodes. Complete bodies that tower-http would gzip, br- or zstd-encode are encoded by
+/// [`encode`] instead (same negotiation, predicate and headers; no per-response encoder
+/// state for gzip and zstd, a body-sized one for br).
+async fn compress(
+    accept_encoding: &HeaderValue,
+    response: Response,
+    level: CompressionLevel,
+) -> Response {
+    let response = match encode_complete(accept_encoding, response, level).await {
         Ok(encoded) => return weaken_etag_if_encoded(encoded),
         Err(response) => response,
     };
@@ -341,7 +356,12 @@ async fn compress(accept_encoding: &HeaderValue, response: Response) -> Response
         .headers_mut()
         .insert(header::ACCEPT_ENCODING, accept_encoding.clone());
     let mut slot = Some(response);
+    // One level for every coding here: the gzip number (1–9) means about the same effort on
+    // br's and zstd's scales.
     let service = CompressionLayer::new()
+        .quality(tower_http::CompressionLevel::Precise(
+            i32::try_from(level.gzip()).unwrap_or(6),
+        ))
         .compress_when(predicate())
         .layer(tower::service_fn(move |_: http::Request<()>| {
             let response = slot.take().unwrap_or_default();
@@ -374,15 +394,21 @@ fn weaken_etag_if_encoded(mut response: Response) -> Response {
     response
 }
 
-/// One of [`encode`]'s encoders for a complete body.
-type Encoder = fn(&[u8]) -> Option<Bytes>;
+/// The codings [`encode`] has for a complete body.
+#[derive(Clone, Copy)]
+enum Coding {
+    Gzip,
+    Br,
+    Zstd,
+}
 
-/// The fast paths of [`compress`]: no coding when tower-http would pick none, gzip or zstd for
-/// a complete body when tower-http would pick that coding. Hands the response back untouched
-/// (`Err`) when none applies.
+/// The fast paths of [`compress`]: no coding when tower-http would pick none, gzip, br or zstd
+/// for a complete body when tower-http would pick that coding. Hands the response back
+/// untouched (`Err`) when none applies.
 async fn encode_complete(
     accept_encoding: &HeaderValue,
     response: Response,
+    level: CompressionLevel,
 ) -> Result<Response, Response> {
     use hyper::body::Body as _;
     let compressible = !response.headers().contains_key(header::CONTENT_ENCODING)
@@ -396,10 +422,12 @@ async fn encode_complete(
         }
         return Ok(response);
     }
-    let coding: (&'static str, Encoder) = if encode::picks_zstd(accept_encoding) {
-        ("zstd", encode::zstd)
+    let coding = if encode::picks_zstd(accept_encoding) {
+        Coding::Zstd
+    } else if encode::picks_br(accept_encoding) {
+        Coding::Br
     } else if encode::picks_gzip(accept_encoding) {
-        ("gzip", encode::gzip)
+        Coding::Gzip
     } else {
         return Err(response);
     };
@@ -407,7 +435,6 @@ async fn encode_complete(
     if !applies {
         return Err(response);
     }
-    let (name, encoder) = coding;
     let (mut parts, body) = response.into_parts();
     // Only buffered bodies have an exact size here (streamed, over-limit ones do not), so
     // this does not wait on the network.
@@ -415,7 +442,12 @@ async fn encode_complete(
         return Ok(error_response(GatewayError::Internal));
     };
     let bytes = collected.to_bytes();
-    let Some(encoded) = encoder(&bytes) else {
+    let (name, encoded) = match coding {
+        Coding::Gzip => ("gzip", encode::gzip(&bytes, level.gzip())),
+        Coding::Br => ("br", encode::br(&bytes, level.brotli())),
+        Coding::Zstd => ("zstd", encode::zstd(&bytes, level.zstd())),
+    };
+    let Some(encoded) = encoded else {
         return Err(Response::from_parts(parts, Body::from(bytes)));
     };
     // The header changes tower-http makes when it encodes.
@@ -445,15 +477,29 @@ mod tests {
                 .insert(header::ETAG, HeaderValue::from_static("\"t\""));
             r
         };
-        let gz = compress(&HeaderValue::from_static("gzip"), make()).await;
+        let level = CompressionLevel::Fast;
+        let gz = compress(&HeaderValue::from_static("gzip"), make(), level).await;
         assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(gz.headers()[header::ETAG], "W/\"t\"");
         assert_eq!(gz.headers()[header::VARY], "accept-encoding");
-        let zs = compress(&HeaderValue::from_static("gzip, deflate, br, zstd"), make()).await;
+        let zs = compress(
+            &HeaderValue::from_static("gzip, deflate, br, zstd"),
+            make(),
+            level,
+        )
+        .await;
         assert_eq!(zs.headers()[header::CONTENT_ENCODING], "zstd");
         assert_eq!(zs.headers()[header::ETAG], "W/\"t\"");
         assert!(!zs.headers().contains_key(header::CONTENT_LENGTH));
-        let id = compress(&HeaderValue::from_static("identity"), make()).await;
+        let brotli = compress(
+            &HeaderValue::from_static("gzip, deflate, br"),
+            make(),
+            level,
+        )
+        .await;
+        assert_eq!(brotli.headers()[header::CONTENT_ENCODING], "br");
+        assert_eq!(brotli.headers()[header::ETAG], "W/\"t\"");
+        let id = compress(&HeaderValue::from_static("identity"), make(), level).await;
         assert!(!id.headers().contains_key(header::CONTENT_ENCODING));
         assert_eq!(id.headers()[header::ETAG], "\"t\"");
     }
