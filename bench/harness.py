@@ -51,6 +51,17 @@ CLASSIC_QUEUE = "bench.events.classic"
 EXCHANGE = "users"
 JWT_SECRET = "amqp-gateway-bench-secret-0123456789-abcdef"
 
+# What real clients send as Accept-Encoding (issue 15): reads are measured per profile.
+PROFILES = [
+    ("none", {}),                                           # curl, many server-side clients
+    ("okhttp", {"Accept-Encoding": "gzip"}),                # Android OkHttp (transparent gzip)
+    ("ios", {"Accept-Encoding": "gzip, deflate, br"}),      # iOS URLSession
+    ("browser", {"Accept-Encoding": "gzip, deflate, br, zstd"}),  # Chrome, Firefox
+]
+# Debian's brotli filter for nginx (package libnginx-mod-http-brotli-filter; bench/run.sh
+# installs it). nginx has no zstd module in Debian: browsers get br from it.
+NGINX_BROTLI = "/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so"
+
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -332,6 +343,7 @@ class Bench:
         self.runs = []
         self.meta = {}
         self.runs_file = open(os.path.join(self.out, "runs.jsonl"), "a")
+        self.nginx_cache_dirs = []
 
     # -- set-up
 
@@ -402,26 +414,11 @@ class Bench:
             env=dict(os.environ, JWT_SECRET=JWT_SECRET), check=True, capture_output=True,
             text=True).stdout.strip()
 
-        # nginx.
-        self.nginx_port = free_port()
-        ndir = os.path.join(self.out, "nginx")
-        os.makedirs(ndir, exist_ok=True)
-        cache_dir = "/dev/shm" if os.path.isdir("/dev/shm") else ndir
-        cache_dir = os.path.join(cache_dir, f"bench-nginx-cache-{os.getpid()}")
-        self.nginx_cache_dir = cache_dir
-        with open(os.path.join(BENCH, "config", "nginx.conf")) as f:
-            conf = f.read()
-        for k, v in {"DIR": ndir, "CACHE_DIR": cache_dir, "ORIGIN": f"127.0.0.1:{self.origin_port}",
-                     "LISTEN": f"127.0.0.1:{self.nginx_port}",
-                     "GZIP_LEVEL": str(a.gzip_level)}.items():
-            conf = conf.replace(f"@@{k}@@", v)
-        conf_path = os.path.join(ndir, "nginx.conf")
-        with open(conf_path, "w") as f:
-            f.write(conf)
-        self.nginx = Group("nginx", start(
-            "nginx", ["nginx", "-p", ndir, "-c", conf_path, "-g", "daemon off;"], self.out).pid)
-        self.ngx = f"http://127.0.0.1:{self.nginx_port}"
-        wait_http(self.ngx + "/p/users/1")
+        # nginx twice: "nginx" with compression matching the gateway's per-response level
+        # (gzip and, with the module, br at --gzip-level), "nginx-default" with nginx's own
+        # defaults (gzip off: JSON goes out as it is).
+        self.nginx, self.ngx = self.start_nginx("nginx", a.gzip_level)
+        self.nginx_default, self.ngx_default = self.start_nginx("nginx-default", None)
 
         # Flask + pika under gunicorn.
         self.flask_port = free_port()
@@ -460,6 +457,42 @@ class Bench:
                     raise
                 time.sleep(0.3)
         self.collect_meta()
+
+    def start_nginx(self, name, level):
+        """One nginx (config bench/config/nginx.conf) on a free port; `level` None = nginx's
+        compression defaults (off), else gzip and br at that level."""
+        port = free_port()
+        ndir = os.path.join(self.out, name)
+        os.makedirs(ndir, exist_ok=True)
+        cache_dir = "/dev/shm" if os.path.isdir("/dev/shm") else ndir
+        cache_dir = os.path.join(cache_dir, f"bench-{name}-cache-{os.getpid()}")
+        self.nginx_cache_dirs.append(cache_dir)
+        modules, compression = "", "# nginx's defaults: gzip off, no brotli module"
+        if level is not None:
+            compression = "\n    ".join([
+                "gzip on;", "gzip_types application/json;", "gzip_min_length 256;",
+                f"gzip_comp_level {level};", "gzip_proxied any;", "gzip_vary on;",
+            ])
+            if os.path.exists(NGINX_BROTLI):
+                modules = f"load_module {NGINX_BROTLI};"
+                compression += "\n    " + "\n    ".join([
+                    "brotli on;", "brotli_types application/json;", "brotli_min_length 256;",
+                    f"brotli_comp_level {level};",
+                ])
+        with open(os.path.join(BENCH, "config", "nginx.conf")) as f:
+            conf = f.read()
+        for k, v in {"DIR": ndir, "CACHE_DIR": cache_dir, "ORIGIN": f"127.0.0.1:{self.origin_port}",
+                     "LISTEN": f"127.0.0.1:{port}", "MODULES": modules,
+                     "COMPRESSION": compression}.items():
+            conf = conf.replace(f"@@{k}@@", v)
+        conf_path = os.path.join(ndir, "nginx.conf")
+        with open(conf_path, "w") as f:
+            f.write(conf)
+        group = Group(name, start(
+            name, ["nginx", "-p", ndir, "-c", conf_path, "-g", "daemon off;"], self.out).pid)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/p/users/1")
+        return group, base
 
     def mgmt_call(self, method, path, payload):
         status, _, data = http_request(method, self.mgmt_auth + path,
@@ -695,19 +728,19 @@ class Bench:
     def read_path(self):
         a = self.args
         D, W, C = a.duration, a.warmup, a.read_conns
-        gz = {"Accept-Encoding": "gzip"}
-        scenarios = [
-            ("proxied gzip", "user", "/p/users/42", gz, False),
-            ("proxied gzip", "big", "/p/big", gz, False),
-            ("cached", "user", "/c/users/42", {}, True),
-            ("cached", "big", "/c/big", {}, True),
-            ("cached gzip", "user", "/c/users/42", gz, True),
-            ("cached gzip", "big", "/c/big", gz, True),
-            ("304", "user", "/c/users/42", {"If-None-Match": '"user-42-v1"'}, True),
-        ]
-        servers = [("gateway", self.gw, self.gateway), ("nginx", self.ngx, self.nginx)]
-        for test, payload, path, hdrs, cached in scenarios:
+        scenarios = []
+        for test, prefix, cached in [("proxied", "/p", False), ("cached", "/c", True)]:
+            for payload, path in [("user", "/users/42"), ("big", "/big")]:
+                for profile, hdrs in PROFILES:
+                    scenarios.append((test, profile, payload, prefix + path, hdrs, cached))
+        scenarios.append(("304", "browser", "user", "/c/users/42",
+                          {"If-None-Match": '"user-42-v1"', **dict(PROFILES)["browser"]}, True))
+        servers = [("gateway", self.gw, self.gateway), ("nginx", self.ngx, self.nginx),
+                   ("nginx-default", self.ngx_default, self.nginx_default)]
+        for test, profile, payload, path, hdrs, cached in scenarios:
             if a.read_tests and test not in a.read_tests:
+                continue
+            if a.read_profiles and profile not in a.read_profiles:
                 continue
             for system, base, group in servers:
                 url = base + path
@@ -719,17 +752,15 @@ class Bench:
                 problems = []
                 if status != want:
                     problems.append(f"status {status}")
-                if "gzip" in test and enc != "gzip":
-                    problems.append(f"content-encoding {enc}")
                 if cached and "HIT" not in rh.get("x-cache", "").upper():
                     problems.append(f"x-cache {rh.get('x-cache')}")
                 if problems:
                     raise RuntimeError(f"read check {system} {test} {path}: {problems} {rh}")
-                extra = {"test": test, "payload": payload, "path": path, "conns": C,
-                         "body_bytes": len(body), "content_encoding": enc,
+                extra = {"test": test, "profile": profile, "payload": payload, "path": path,
+                         "conns": C, "body_bytes": len(body), "content_encoding": enc,
                          "etag": rh.get("etag")}
                 wrk(url, C, W, headers=hdrs)  # warm-up
-                self.measure("read", system, f"{test} {payload}", [group, self.origin],
+                self.measure("read", system, f"{test} {profile} {payload}", [group, self.origin],
                              lambda: wrk(url, C, D, headers=hdrs), extra)
 
     # -- resources
@@ -783,15 +814,19 @@ def parse_args():
     p.add_argument("--write-systems", default="gateway,gateway-jwt,mgmt-http,flask-pika,raw-lapin")
     p.add_argument("--read-conns", type=int, default=64)
     p.add_argument("--read-tests", default="", help="comma-separated subset, e.g. 'cached,304'")
+    p.add_argument("--read-profiles", default="",
+                   help="comma-separated subset of none,okhttp,ios,browser")
     p.add_argument("--sections", default="read,write,cluster,resources")
     p.add_argument("--cluster-conns", type=int, default=64,
                    help="connections for the cluster section (quorum on 3 nodes vs classic on 1)")
-    p.add_argument("--gzip-level", type=int, default=6,
-                   help="nginx gzip_comp_level; 6 = the gateway's (tower-http default)")
+    p.add_argument("--gzip-level", type=int, default=1,
+                   help="gzip_comp_level and brotli_comp_level of the matched nginx; 1 = the "
+                        "gateway's [compression] dynamic default (fast) and nginx's own")
     a = p.parse_args()
     a.write_conns = [int(x) for x in a.write_conns.split(",") if x]
     a.write_systems = [x for x in a.write_systems.split(",") if x]
     a.read_tests = [x for x in a.read_tests.split(",") if x]
+    a.read_profiles = [x for x in a.read_profiles.split(",") if x]
     a.sections = [x for x in a.sections.split(",") if x]
     return a
 
@@ -819,9 +854,9 @@ def main():
         if cluster_dir:
             subprocess.run([os.path.join(ROOT, "scripts", "broker.sh"), "cluster-stop",
                             cluster_dir, "--remove"], capture_output=True)
-        cache = getattr(bench, "nginx_cache_dir", None)
-        if cache and cache.startswith("/dev/shm/bench-nginx-cache-"):
-            subprocess.run(["rm", "-rf", cache])
+        for cache in getattr(bench, "nginx_cache_dirs", []):
+            if cache.startswith("/dev/shm/bench-"):
+                subprocess.run(["rm", "-rf", cache])
     import report  # bench/report.py
 
     text = report.render(args.out)

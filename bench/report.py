@@ -165,24 +165,34 @@ def render(out):
         c = reads[0]["conns"]
         w(f"### Read path: gateway vs nginx ({c} keep-alive connections, 2 workers each)")
         w()
-        w("| test | payload | bytes/response gateway / nginx | gateway req/s | nginx req/s "
-          "| gateway ÷ nginx | p50 / p99 ms gateway | p50 / p99 ms nginx "
-          "| CPU ms / 1k req gateway / nginx (origin) |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        w("Client profiles (`Accept-Encoding`): none; okhttp `gzip`; ios `gzip, deflate, br`; "
+          "browser `gzip, deflate, br, zstd`. **nginx** compresses like the gateway does per "
+          "response (gzip and br at level 1, Debian's brotli module; no zstd module exists "
+          "there); **nginx defaults** has nginx's own compression settings (off). Bytes are "
+          "per response as sent, with the coding each chose.")
+        w()
+        w("| test | profile | payload | bytes (coding) gateway / nginx / nginx defaults "
+          "| gateway req/s | nginx req/s | nginx defaults req/s | gateway ÷ nginx "
+          "| gateway ÷ nginx defaults | p99 ms gateway / nginx | CPU ms / 1k req gateway / nginx |")
+        w("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        sizes = {"user": "~2.4 KB", "big": "~110 KB"}
+        coding = lambda r: {"identity": "id"}.get(r["content_encoding"], r["content_encoding"])  # noqa: E731
         for label in labels:
             g, n = rb.get(("gateway", label)), rb.get(("nginx", label))
+            d = rb.get(("nginx-default", label))
             if not g or not n:
                 continue
             rr = ratio(g["rate"], n["rate"])
+            rd = ratio(g["rate"], d["rate"]) if d else None
             read_ratios[label] = (g["test"], rr)
-            size = {"user": "~2.4 KB JSON", "big": "~110 KB JSON"}.get(g["payload"], g["payload"])
-            og = g["cpu_ms_per_1k"].get("origin", 0)
-            on = n["cpu_ms_per_1k"].get("origin", 0)
-            w(f"| {g['test']} | {size} | {g['body_bytes']:,} / {n['body_bytes']:,} | "
-              f"{fmt_rate(g['rate'])} | {fmt_rate(n['rate'])} | {fmt_ratio(rr)} | "
-              f"{g['p50_ms']:.2f} / {g['p99_ms']:.2f} | {n['p50_ms']:.2f} / {n['p99_ms']:.2f} | "
-              f"{g['cpu_ms_per_1k'].get('gateway', 0):.0f} / {n['cpu_ms_per_1k'].get('nginx', 0):.0f} "
-              f"({og:.0f} / {on:.0f}) |")
+            dbytes = f"{d['body_bytes']:,} ({coding(d)})" if d else "–"
+            w(f"| {g['test']} | {g.get('profile', '')} | {sizes.get(g['payload'], g['payload'])} | "
+              f"{g['body_bytes']:,} ({coding(g)}) / {n['body_bytes']:,} ({coding(n)}) / {dbytes} | "
+              f"{fmt_rate(g['rate'])} | {fmt_rate(n['rate'])} | "
+              f"{fmt_rate(d['rate']) if d else '–'} | {fmt_ratio(rr)} | {fmt_ratio(rd)} | "
+              f"{g['p99_ms']:.2f} / {n['p99_ms']:.2f} | "
+              f"{g['cpu_ms_per_1k'].get('gateway', 0):.0f} / "
+              f"{n['cpu_ms_per_1k'].get('nginx', 0):.0f} |")
         errs = sum(r["non_2xx_3xx"] + r["socket_errors"] for r in reads)
         wrk_cores = max(r["loadgen_cores"] for r in reads)
         w()
@@ -215,8 +225,9 @@ def render(out):
         wmax = max((r["max_rss_kb"].get("gateway", 0) for r in writes), default=0)
         if wmax:
             w(f"| RSS max during the write runs (up to {max(conns)} connections) | {mb(wmax)} | – |")
-        for label, name in [("cached user", "cached 2.4 KB"), ("proxied gzip user", "proxied+gzip 2.4 KB"),
-                            ("304 user", "304")]:
+        for label, name in [("cached none user", "cached 2.4 KB"),
+                            ("proxied okhttp user", "proxied+gzip 2.4 KB"),
+                            ("304 browser user", "304")]:
             g = next((r for r in reads if r["system"] == "gateway" and r["label"] == label), None)
             n = next((r for r in reads if r["system"] == "nginx" and r["label"] == label), None)
             if g and n:

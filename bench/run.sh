@@ -6,7 +6,8 @@
 #   bench/run.sh --sections write --write-conns 64 --write-systems gateway,raw-lapin
 #   bench/run.sh --help              # all options (bench/harness.py)
 #
-# 1. installs what is missing (wrk, nginx, rabbitmq-server with apt-get; Flask, pika and
+# 1. installs what is missing (wrk, nginx and its brotli filter module, rabbitmq-server with
+#    apt-get; Flask, pika and
 #    gunicorn into bench/.venv with pip);
 # 2. builds the release gateway and the examples it needs (users_service, bench_publisher,
 #    mint_token);
@@ -33,6 +34,9 @@ done
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || need_apt+=(nginx)
+# br for the matched nginx (iOS and browsers ask for it).
+[[ -e /usr/lib/nginx/modules/ngx_http_brotli_filter_module.so ]] ||
+    need_apt+=(libnginx-mod-http-brotli-filter)
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need_apt+=(rabbitmq-server)
 if ((${#need_apt[@]})); then
     echo "bench: installing ${need_apt[*]}" >&2
