@@ -121,10 +121,9 @@ mod tests {
     const SECRET: &str = "layer-test-secret-layer-test-secret-0123";
 
     async fn authenticator() -> Authenticator {
-        let config: AuthConfig = toml::from_str(&format!(
+        let config = AuthConfig::from_table(&format!(
             "issuer = \"iss\"\naudience = \"aud\"\n[[keys]]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
-        ))
-        .unwrap();
+        ));
         Authenticator::start(&config).await.unwrap()
     }
 

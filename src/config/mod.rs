@@ -24,7 +24,9 @@ use http::Method;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use auth::{AuthConfig, CorsConfig, CorsOrigins, CorsPolicy, JWT_ALGORITHMS, KeyConfig};
+pub use auth::{
+    AuthConfig, AuthKey, CorsConfig, CorsOrigins, CorsPolicy, JwksUrl, PropagatedClaim,
+};
 pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
@@ -35,7 +37,7 @@ pub use secret::Secret;
 
 use crate::tls::{ClientTls, TlsSettings};
 
-use auth::{validate_auth, validate_cors, validate_policy};
+use auth::{RawAuthConfig, validate_auth, validate_cors, validate_policy};
 use route::{RawRoute, RawRouteCors, path_shape};
 
 /// Largest message body we let through to the broker: RabbitMQ's default `max_message_size`
@@ -77,7 +79,7 @@ struct RawConfig {
     server: ServerConfig,
     amqp: RawAmqpConfig,
     #[serde(default)]
-    auth: Option<AuthConfig>,
+    auth: Option<RawAuthConfig>,
     #[serde(default)]
     cors: Option<CorsConfig>,
     #[serde(default)]
@@ -635,9 +637,7 @@ impl RawConfig {
         if self.cache.reinvalidate_after > MAX_REINVALIDATE_AFTER {
             return Err(invalid("cache.reinvalidate_after", "must be at most 1h"));
         }
-        if let Some(auth) = &self.auth {
-            validate_auth(auth)?;
-        }
+        let auth = self.auth.map(validate_auth).transpose()?;
         let cors = self
             .cors
             .as_ref()
@@ -683,7 +683,7 @@ impl RawConfig {
                     format!("duplicate route name `{}`", route.name),
                 ));
             }
-            if route.auth != RouteAuth::Public && self.auth.is_none() {
+            if route.auth != RouteAuth::Public && auth.is_none() {
                 return Err(invalid(
                     key("auth"),
                     "route requires authentication but there is no [auth] section (use auth = \"public\" or add [auth])",
@@ -692,8 +692,7 @@ impl RawConfig {
             // A claim key is read from the identity, which carries only propagated claims.
             for (j, limit) in route.rate_limits.iter().enumerate() {
                 if let Some(name) = limit.by.claim_name()
-                    && !self
-                        .auth
+                    && !auth
                         .as_ref()
                         .is_some_and(|a| a.propagate_claims.contains_key(name))
                 {
@@ -756,7 +755,7 @@ impl RawConfig {
         Ok(Config {
             server,
             amqp,
-            auth: self.auth,
+            auth,
             cors,
             upstreams,
             cache: self.cache,
