@@ -31,7 +31,8 @@ pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
     AuthPolicy, CacheConfig, CloudEventsConfig, CompressPolicy, PolicyMatch, ProxyTarget,
-    PublishTarget, RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, StaticProperties,
+    PublishTarget, RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, RoutePath,
+    StaticProperties,
 };
 pub use secret::Secret;
 
@@ -452,6 +453,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// The same routes grouped by path, as the router serves them.
+    pub paths: Vec<RoutePath>,
     /// The file it was loaded from ([`Config::load`]), which a reload reads again; `None`
     /// when parsed from memory.
     pub source: Option<std::path::PathBuf>,
@@ -752,6 +755,8 @@ impl RawConfig {
             }
             routes.push(route);
         }
+        let paths = RoutePath::group(&routes)
+            .map_err(|(i, field, message)| invalid(format!("routes[{i}].{field}"), message))?;
         Ok(Config {
             server,
             amqp,
@@ -760,6 +765,7 @@ impl RawConfig {
             upstreams,
             cache: self.cache,
             routes,
+            paths,
             source: None,
         })
     }

@@ -1441,3 +1441,35 @@ fn cache_coherence_keys_need_a_restart() {
     let budget = load(&with_route("[cache]\nmax_bytes = 1048576")).unwrap();
     assert!(a.restart_required(&budget).is_empty());
 }
+
+#[test]
+fn routes_are_grouped_by_path_for_the_router() {
+    use axum::routing::MethodFilter;
+    // BASE's PUT/PATCH /users/{id}, a DELETE on the same path, and another path.
+    let text = with_route(
+        "[[routes]]\nname = \"delete-user\"\npath = \"/users/{id}\"\nmethods = [\"DELETE\"]\nauth = \"public\"\npublish = { exchange = \"users\", routing_key = \"user.{id}.deleted\" }\n\n[[routes]]\nname = \"create-user\"\npath = \"/users\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = { exchange = \"users\", routing_key = \"user.created\" }\n",
+    );
+    let c = load(&text).unwrap();
+    let paths: Vec<(&str, Vec<(MethodFilter, &str)>)> = c
+        .paths
+        .iter()
+        .map(|p| {
+            let routes = p.routes().map(|(f, r)| (f, r.name.as_str())).collect();
+            (p.path(), routes)
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (
+                "/users/{id}",
+                vec![
+                    (MethodFilter::PUT.or(MethodFilter::PATCH), "update-user"),
+                    (MethodFilter::DELETE, "delete-user"),
+                ]
+            ),
+            ("/users", vec![(MethodFilter::POST, "create-user")]),
+        ]
+    );
+    assert!(c.paths.iter().all(|p| p.cors().is_none()));
+}
