@@ -125,7 +125,8 @@ impl JwsAlgorithm {
     }
 }
 
-/// One verification key and the one algorithm it verifies.
+/// One verification key and the one algorithm it verifies. Built only by this module's
+/// loaders, which check that the key fits the algorithm (family, curve, secret length).
 pub struct VerifyKey {
     /// The key id, matched against a token's `kid`; `None` verifies only tokens without one.
     pub(crate) kid: Option<String>,
@@ -133,18 +134,6 @@ pub struct VerifyKey {
     pub(crate) alg: JwsAlgorithm,
     /// Parsed once; jsonwebtoken builds its verifier from it per call.
     pub(crate) key: DecodingKey,
-}
-
-impl VerifyKey {
-    /// The key id, if it has one.
-    pub fn kid(&self) -> Option<&str> {
-        self.kid.as_deref()
-    }
-
-    /// The only algorithm it verifies.
-    pub fn algorithm(&self) -> JwsAlgorithm {
-        self.alg
-    }
 }
 
 impl std::fmt::Debug for VerifyKey {

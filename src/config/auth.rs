@@ -357,13 +357,12 @@ pub(super) fn validate_auth(auth: RawAuthConfig) -> Result<AuthConfig, Invalid> 
             }
         };
         let Some(alg) = JwsAlgorithm::from_name(&k.algorithm) else {
-            let names: Vec<&str> = JwsAlgorithm::ALL.map(JwsAlgorithm::name).to_vec();
             return Err(invalid(
                 key("algorithm"),
                 format!(
                     "unsupported algorithm `{}` (one of {}; `none` never)",
                     k.algorithm,
-                    names.join(", ")
+                    JwsAlgorithm::ALL.map(JwsAlgorithm::name).join(", ")
                 ),
             ));
         };

@@ -1473,3 +1473,40 @@ fn routes_are_grouped_by_path_for_the_router() {
     );
     assert!(c.paths.iter().all(|p| p.cors().is_none()));
 }
+
+#[test]
+fn keys_are_loaded_with_the_config() {
+    let keys = format!(
+        "{}[[auth.keys]]\nalgorithm = \"ES256\"\npublic_key_pem = \"{}\"\n[[auth.keys]]\nalgorithm = \"RS256\"\njwks_url = \"http://127.0.0.1:1/jwks\"\n",
+        hs_key("kid = \"k1\""),
+        fixture("ec256.pub.pem"),
+    );
+    let text = BASE.replacen(
+        "[[routes]]",
+        &format!("{}\n[[routes]]", auth_section(&keys, "")),
+        1,
+    );
+    let c = load(&text).unwrap();
+    let loaded: Vec<String> = c
+        .auth
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| match k {
+            AuthKey::Static(keys) => keys
+                .iter()
+                .map(|k| format!("{:?} {:?}", k.kid, k.alg))
+                .collect::<Vec<_>>()
+                .join(", "),
+            AuthKey::Url(u) => format!("{} {:?}", u.url, u.algorithm),
+        })
+        .collect();
+    assert_eq!(
+        loaded,
+        [
+            "Some(\"k1\") HS256",
+            "None ES256",
+            "http://127.0.0.1:1/jwks RS256"
+        ]
+    );
+}
