@@ -1,6 +1,5 @@
 //! [`app`]: the public router, built from the route table, and its one middleware stack.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -42,7 +41,7 @@ impl MakeRequestId for MakeRequestUuidV7 {
     }
 }
 
-/// Builds the public router for `state.routes`.
+/// Builds the public router for `state.paths`.
 ///
 /// Shape, for speed: the global middleware stack wraps the routed service once (`Router::layer`
 /// would wrap every endpoint, and axum boxes and clones each wrapped endpoint per request), and
@@ -54,24 +53,18 @@ pub fn app(state: AppState) -> Router {
         .public_host
         .clone()
         .map(|host| PublicHostLayer::new(host, state.trusted_proxies.clone()));
-    // Group by path: axum wants one MethodRouter per path, with our 405 as its fallback.
-    let mut by_path: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
-    for route in state.routes.iter() {
-        by_path.entry(route.path.as_str()).or_default().push(route);
-    }
+    // One MethodRouter per path (axum wants that), with our 405 as its fallback.
     let mut router = Router::new();
-    for (path, routes) in by_path {
+    for path in state.paths.iter() {
         let mut allow: Vec<&'static str> = Vec::new();
         let mut methods: MethodRouter<AppState> = MethodRouter::new();
-        // Validation guarantees one CORS setting per path.
-        let cors = routes.first().and_then(|r| r.cors.as_ref());
         let mut served: Vec<Method> = Vec::new();
-        for route in &routes {
+        for (filter, route) in path.routes() {
             // Config validation admits only the standard methods: never `OTHER`.
             allow.extend(route.methods.iter().map(method_label));
             served.extend(route.methods.iter().cloned());
-            // Validation guarantees distinct methods per path, so merging cannot overlap.
-            methods = methods.merge(route_service(route, &state));
+            // A RoutePath's routes serve disjoint methods, so merging cannot overlap.
+            methods = methods.merge(route_service(route, filter, &state));
         }
         if allow.contains(&"GET") && !allow.contains(&"HEAD") {
             allow.push("HEAD");
@@ -80,12 +73,12 @@ pub fn app(state: AppState) -> Router {
             let allow = allow.clone();
             async move { GatewayError::MethodNotAllowed { allow } }
         });
-        if let Some(cors) = cors {
+        if let Some(cors) = path.cors() {
             // Around the whole path, 405 fallback included: a preflight `OPTIONS` is answered
             // here, before auth; auth failures get the CORS headers too.
             methods = methods.layer(crate::cors::layer(cors, &served));
         }
-        router = router.route(path, methods);
+        router = router.route(path.path(), methods);
     }
     let routed = router
         .fallback(|| async { GatewayError::NotFound })
@@ -108,14 +101,8 @@ pub fn app(state: AppState) -> Router {
     Router::new().fallback_service(stack.service(routed))
 }
 
-/// One route's methods: its handler (publish or proxy) behind its own layers.
-fn route_service(route: &Route, state: &AppState) -> MethodRouter<AppState> {
-    let filter = route
-        .methods
-        .iter()
-        .filter_map(|m| MethodFilter::try_from(m.clone()).ok())
-        .reduce(MethodFilter::or)
-        .unwrap_or(MethodFilter::POST);
+/// One route's methods (`filter`): its handler (publish or proxy) behind its own layers.
+fn route_service(route: &Route, filter: MethodFilter, state: &AppState) -> MethodRouter<AppState> {
     match &route.action {
         RouteAction::Publish(target) => {
             let write = Arc::new(WriteRoute {

@@ -25,6 +25,8 @@
 //! - [`spec`]: the published contract, AsyncAPI 3.0 (events) and OpenAPI 3.1 (routes),
 //!   generated from the config; `amqp-gateway spec` and the admin `/asyncapi.json`,
 //!   `/openapi.json`.
+//! - [`keys`]: JWT verification keys (secrets, PEM, JWKS) parsed and pinned to one algorithm;
+//!   loaded by [`config`], looked up by [`auth`].
 //! - [`tls`]: TLS client settings for upstreams, JWKS URLs and the broker (one crypto provider).
 
 pub mod admin;
@@ -37,6 +39,7 @@ pub mod cors;
 pub mod error;
 pub mod host;
 pub mod idempotency;
+pub mod keys;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

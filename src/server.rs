@@ -154,7 +154,7 @@ pub async fn run(
     tracing::info!(
         listen = %listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
-        routes = state.routes.len(),
+        routes = config.routes.len(),
         "Gateway listening."
     );
     let limits = HttpLimits::from(&config.server);
@@ -301,7 +301,7 @@ async fn build_state(
         trusted_proxies,
         public_host: config.server.public_host.clone(),
         metrics: lasting.metrics.clone(),
-        routes: config.routes.clone().into(),
+        paths: config.paths.clone().into(),
         channels: lasting.channels.clone(),
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: config.server.body_read_timeout,

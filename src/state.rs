@@ -10,7 +10,7 @@ use crate::amqp::ChannelSet;
 use crate::amqp::invalidation::InvalidationPublisher;
 use crate::auth::Authenticator;
 use crate::cache::{Cache, Coherence};
-use crate::config::{PublicHost, Route};
+use crate::config::{PublicHost, RoutePath};
 use crate::idempotency::IdempotencyRecord;
 use crate::metrics::Metrics;
 use crate::proxy::Upstreams;
@@ -19,8 +19,8 @@ use crate::ratelimit::RateLimits;
 /// Shared request-handling state. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// The validated route table.
-    pub routes: Arc<[Route]>,
+    /// The validated route table, grouped by path.
+    pub paths: Arc<[RoutePath]>,
     /// Publishing channels.
     pub channels: ChannelSet,
     /// `server.max_body_bytes`.

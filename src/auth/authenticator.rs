@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header};
+use jsonwebtoken::{Header, Validation, decode, decode_header};
 use moka::Expiry;
 use moka::sync::Cache;
 use serde_json::{Map, Value};
@@ -15,9 +15,9 @@ use tokio::task::AbortHandle;
 
 use super::identity::{ClaimPath, Claims, Identity};
 use super::jwks::{JwksTiming, Refreshed, RemoteJwks};
-use super::keys::{KeySet, VerifyKey, algorithm, load_static};
-use crate::config::{AUTH_HEADER_PREFIX, AuthConfig, JWT_ALGORITHMS};
-use crate::tls::ClientTls;
+use super::keys::KeySet;
+use crate::config::{AuthConfig, AuthKey};
+use crate::keys::{JwsAlgorithm, VerifyKey};
 
 /// Tokens longer than this are refused before any decoding (scenario 52).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -46,7 +46,8 @@ impl Rejection {
     }
 }
 
-/// Error starting the authenticator (a JWKS URL that cannot be fetched, a bad key).
+/// Error starting the authenticator: a JWKS URL that cannot be fetched (static keys were
+/// loaded with the config and cannot fail here).
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct AuthStartError {
@@ -78,8 +79,8 @@ impl std::fmt::Debug for Authenticator {
 struct Inner {
     static_keys: KeySet,
     remotes: Vec<Arc<RemoteJwks>>,
-    /// One `Validation` per algorithm, built once.
-    validations: Vec<(Algorithm, Validation)>,
+    /// One `Validation` per algorithm, built once, at [`JwsAlgorithm::index`].
+    validations: [Validation; JwsAlgorithm::ALL.len()],
     issuer: String,
     leeway: u64,
     /// `auth.max_token_lifetime` in seconds.
@@ -122,9 +123,9 @@ impl Expiry<[u8; 32], Identity> for TokenExpiry {
 }
 
 impl Authenticator {
-    /// Loads the static keys, fetches every JWKS URL once (failing if one cannot be fetched:
-    /// the gateway starts with a warm key cache or not at all), and spawns their refresh
-    /// tasks. Must run inside a Tokio runtime.
+    /// Takes the static keys loaded with the config, fetches every JWKS URL once (failing if
+    /// one cannot be fetched: the gateway starts with a warm key cache or not at all), and
+    /// spawns their refresh tasks. Must run inside a Tokio runtime.
     pub async fn start(config: &AuthConfig) -> Result<Self, AuthStartError> {
         let timing = JwksTiming {
             refresh: config.jwks_refresh,
@@ -132,54 +133,46 @@ impl Authenticator {
             timeout: config.jwks_timeout,
             max_stale: config.jwks_max_stale,
         };
-        let mut static_keys: Vec<VerifyKey> = Vec::new();
+        let mut static_keys: Vec<Arc<VerifyKey>> = Vec::new();
         let mut remotes = Vec::new();
         for (i, key) in config.keys.iter().enumerate() {
-            if let Some(url) = &key.jwks_url {
-                let alg = algorithm(&key.algorithm).ok_or_else(|| AuthStartError {
-                    key: format!("auth.keys[{i}].algorithm"),
-                    message: format!("unsupported `{}`", key.algorithm),
-                })?;
-                let tls = ClientTls::load(key.tls.as_ref()).map_err(|e| AuthStartError {
-                    key: format!("auth.keys[{i}].tls.{}", e.field),
-                    message: e.message,
-                })?;
-                let remote =
-                    RemoteJwks::start(i, url, alg, &tls, timing)
+            match key {
+                AuthKey::Static(keys) => static_keys.extend(keys.iter().cloned()),
+                AuthKey::Url(jwks) => {
+                    let remote = RemoteJwks::start(i, jwks, timing)
                         .await
                         .map_err(|message| AuthStartError {
                             key: format!("auth.keys[{i}].jwks_url"),
-                            message: format!("initial fetch of {url} failed: {message}"),
+                            message: format!("initial fetch of {} failed: {message}", jwks.url),
                         })?;
-                remotes.push(Arc::new(remote));
-            } else {
-                let keys = load_static(key).map_err(|(field, message)| AuthStartError {
-                    key: format!("auth.keys[{i}].{field}"),
-                    message,
-                })?;
-                static_keys.extend(keys);
+                    remotes.push(Arc::new(remote));
+                }
             }
         }
-        let (static_keys, _) = KeySet::new(static_keys);
+        let (static_keys, duplicates) = KeySet::new(static_keys);
+        if duplicates > 0 {
+            // Only across sources (a `jwks_file` repeating another key's `kid`): config load
+            // refuses a repeated `kid` among secrets and PEM keys, and a JWKS keeps its first.
+            tracing::warn!(
+                duplicates,
+                "A kid is used by more than one static key; the first one configured is used."
+            );
+        }
         let leeway = config.leeway.as_secs();
-        let validations = JWT_ALGORITHMS
-            .iter()
-            .filter_map(|name| algorithm(name))
-            .map(|alg| {
-                let mut v = Validation::new(alg);
-                v.leeway = leeway;
-                v.validate_exp = true;
-                // Off by default in jsonwebtoken (scenario 48).
-                v.validate_nbf = true;
-                v.validate_aud = true;
-                v.set_issuer(&[&config.issuer]);
-                v.set_audience(&[&config.audience]);
-                // Without these, a token *missing* iss/aud passes (scenario 49); sub is the
-                // identity we propagate.
-                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-                (alg, v)
-            })
-            .collect();
+        let validations = JwsAlgorithm::ALL.map(|alg| {
+            let mut v = Validation::new(alg.jwt());
+            v.leeway = leeway;
+            v.validate_exp = true;
+            // Off by default in jsonwebtoken (scenario 48).
+            v.validate_nbf = true;
+            v.validate_aud = true;
+            v.set_issuer(&[&config.issuer]);
+            v.set_audience(&[&config.audience]);
+            // Without these, a token *missing* iss/aud passes (scenario 49); sub is the
+            // identity we propagate.
+            v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+            v
+        });
         let cache = (config.token_cache_size > 0).then(|| {
             Cache::builder()
                 .max_capacity(config.token_cache_size)
@@ -193,13 +186,8 @@ impl Authenticator {
             roles: ClaimPath::new(&config.roles_claim),
             propagate: config
                 .propagate_claims
-                .iter()
-                .filter_map(|(name, path)| {
-                    // Validated at load: a-z, 0-9, `-`, so always a header name.
-                    http::HeaderName::try_from(format!("{AUTH_HEADER_PREFIX}{name}"))
-                        .ok()
-                        .map(|h| (h, ClaimPath::new(path)))
-                })
+                .values()
+                .map(|p| (p.header.clone(), ClaimPath::new(&p.claim)))
                 .collect(),
         };
         let tasks = remotes
@@ -269,14 +257,11 @@ impl Authenticator {
         let candidates = self.candidates(&header, token).await?;
         let mut reason = "unknown-kid";
         for key in candidates {
-            if key.alg != header.alg {
+            if key.alg.jwt() != header.alg {
                 reason = "alg-mismatch";
                 continue;
             }
-            let Some(validation) = self.validation(key.alg) else {
-                reason = "alg-mismatch";
-                continue;
-            };
+            let validation = &inner.validations[key.alg.index()];
             match decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => {
                     if let Some(max) = inner.max_lifetime
@@ -305,14 +290,6 @@ impl Authenticator {
             }
         }
         Err(Rejection::InvalidToken(reason))
-    }
-
-    fn validation(&self, alg: Algorithm) -> Option<&Validation> {
-        self.inner
-            .validations
-            .iter()
-            .find(|(a, _)| *a == alg)
-            .map(|(_, v)| v)
     }
 
     fn lookup(&self, kid: &str) -> Option<Arc<VerifyKey>> {
@@ -355,7 +332,7 @@ impl Authenticator {
         let sources: Vec<&Arc<RemoteJwks>> = inner
             .remotes
             .iter()
-            .filter(|r| r.alg == header.alg)
+            .filter(|r| r.alg.jwt() == header.alg)
             .collect();
         if sources.is_empty() || !self.claims_issuer_matches(token) {
             return Err(Rejection::InvalidToken("unknown-kid"));
@@ -391,11 +368,6 @@ impl Authenticator {
         if let Some(cache) = &self.inner.cache {
             cache.invalidate_all();
         }
-    }
-
-    /// JWKS fetches started so far, over every URL (tests, diagnostics).
-    pub fn jwks_fetches(&self) -> u64 {
-        self.inner.remotes.iter().map(|r| r.fetches()).sum()
     }
 }
 

@@ -17,13 +17,14 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::keys::{KeySet, MAX_JWKS_BYTES, parse_jwks};
+use super::keys::KeySet;
+use crate::config::JwksUrl;
+use crate::keys::{JwsAlgorithm, MAX_JWKS_BYTES, parse_jwks};
 use crate::shared::ErrorChain;
-use crate::tls::{ClientTls, https_connector};
+use crate::tls::https_connector;
 
 /// Settings shared by every JWKS URL (from `[auth]`).
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +41,7 @@ pub(crate) struct RemoteJwks {
     pub(crate) index: usize,
     url: Uri,
     /// Every key taken from this set verifies this algorithm and no other.
-    pub(crate) alg: Algorithm,
+    pub(crate) alg: JwsAlgorithm,
     keys: ArcSwap<KeySet>,
     timing: JwksTiming,
     /// `http://` (loopback only, checked at config time) or `https://` with the key's `tls`.
@@ -53,8 +54,6 @@ pub(crate) struct RemoteJwks {
     fetch_lock: tokio::sync::Mutex<()>,
     /// Last success and the SHA-256 of the document then served.
     last_good: Mutex<(Instant, [u8; 32])>,
-    /// Fetches started (successful or not), for tests and logs.
-    fetches: AtomicU64,
 }
 
 /// What a refresh did.
@@ -73,24 +72,22 @@ pub(crate) enum Refreshed {
 }
 
 impl RemoteJwks {
-    /// Fetches `url` once; fails when it cannot be fetched or holds no usable key. An
-    /// `https://` URL is fetched over TLS with `tls` (the key's `tls` table, or the defaults).
+    /// Fetches the URL once; fails when it cannot be fetched or holds no usable key. An
+    /// `https://` URL is fetched over TLS with the key's `tls` table (or the defaults).
     pub(crate) async fn start(
         index: usize,
-        url: &str,
-        alg: Algorithm,
-        tls: &ClientTls,
+        source: &JwksUrl,
         timing: JwksTiming,
     ) -> Result<Self, String> {
-        let url: Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timing.timeout));
-        let client = Client::builder(TokioExecutor::new()).build(https_connector(tls, http));
+        let client =
+            Client::builder(TokioExecutor::new()).build(https_connector(&source.tls, http));
         let now = Instant::now();
         let remote = RemoteJwks {
             index,
-            url,
-            alg,
+            url: source.url.clone(),
+            alg: source.algorithm,
             keys: ArcSwap::from_pointee(KeySet::default()),
             timing,
             client,
@@ -98,7 +95,6 @@ impl RemoteJwks {
             last_attempt_ms: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(()),
             last_good: Mutex::new((now, [0; 32])),
-            fetches: AtomicU64::new(0),
         };
         let (set, digest) = remote.fetch().await?;
         remote.install(set, digest);
@@ -108,11 +104,6 @@ impl RemoteJwks {
     /// The current key set.
     pub(crate) fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.keys.load()
-    }
-
-    /// Fetches started so far.
-    pub(crate) fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// Periodic refresh: always fetches (after any fetch in flight).
@@ -204,7 +195,6 @@ impl RemoteJwks {
 
     /// One bounded GET: status 200, at most [`MAX_JWKS_BYTES`], within `timeout`.
     async fn fetch(&self) -> Result<(KeySet, [u8; 32]), String> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let started = self.epoch.elapsed().as_millis() as u64 + 1;
         self.last_attempt_ms.store(started, Ordering::Release);
         let request = Request::get(self.url.clone())
@@ -233,7 +223,7 @@ impl RemoteJwks {
         .map_err(|_| format!("timed out after {:?}", self.timing.timeout))??;
         let digest: [u8; 32] = Sha256::digest(&body).into();
         let keys = parse_jwks(&body, self.alg)?;
-        let (set, duplicates) = KeySet::new(keys);
+        let (set, duplicates) = KeySet::new(keys.into_iter().map(Arc::new));
         if duplicates > 0 {
             tracing::warn!(
                 key = self.index,

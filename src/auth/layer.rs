@@ -43,13 +43,8 @@ impl RequireAuthLayer {
         }
     }
 
-    /// A protected route: a valid bearer token whose roles and scopes satisfy `policy` (an
-    /// empty policy: any valid token).
-    pub fn required(authenticator: Authenticator, policy: AuthPolicy) -> Self {
-        Self::token(Some(authenticator), policy)
-    }
-
-    /// The layer for a route's configured rule.
+    /// The layer for a route's configured rule: public, or a valid bearer token whose roles
+    /// and scopes satisfy the route's policy (an empty policy: any valid token).
     pub fn for_route(auth: &RouteAuth, authenticator: Option<&Authenticator>) -> Self {
         match auth {
             RouteAuth::Public => Self::public(),

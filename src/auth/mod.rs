@@ -1,9 +1,11 @@
 //! Authentication (JWT bearer tokens) and per-route authorization (roles, scopes).
 //!
-//! This module owns: which keys are trusted (`keys`: secrets, PEM files, JWKS files; and
-//! `jwks`: JWKS URLs with refresh), how a token becomes an [`Identity`] ([`Authenticator`]),
-//! and the per-route rule as a tower layer ([`RequireAuthLayer`] → [`RequireAuth`]). It knows
-//! nothing of AMQP or upstreams.
+//! This module owns: the keys in use (`keys`: lookup by `kid`; `jwks`: JWKS URLs with
+//! refresh), how a token becomes an [`Identity`] ([`Authenticator`]), and the per-route rule as
+//! a tower layer ([`RequireAuthLayer`] → [`RequireAuth`]). It knows nothing of AMQP or
+//! upstreams. Static keys (secrets, PEM files, JWKS files) arrive parsed in the validated
+//! [`AuthConfig`](crate::config::AuthConfig): `config` loads them once with [`crate::keys`],
+//! and `auth` depends on `config`, never the other way round.
 //!
 //! # What a request goes through
 //!
@@ -39,7 +41,8 @@
 //!
 //! # Key sets and the token cache
 //!
-//! Keys are parsed once (config load checks them too, so `check` reports a bad PEM by name).
+//! Static keys are parsed once, at config load (so `check` reports a bad PEM by name, and a
+//! reload reads the files again).
 //! JWKS URLs are fetched at start-up, and start-up fails if one cannot be: the gateway never
 //! serves with a cold key set. They are refetched every `jwks_refresh`, and on an unknown `kid`
 //! at most once per `jwks_cooldown` (one fetch in flight; others wait for it). A failed fetch

@@ -116,15 +116,14 @@ mod tests {
 
     use super::*;
     use crate::auth::{Authenticator, Identity, RequireAuthLayer};
-    use crate::config::{AuthConfig, AuthPolicy, PolicyMatch};
+    use crate::config::{AuthConfig, AuthPolicy, PolicyMatch, RouteAuth};
 
     const SECRET: &str = "layer-test-secret-layer-test-secret-0123";
 
     async fn authenticator() -> Authenticator {
-        let config: AuthConfig = toml::from_str(&format!(
+        let config = AuthConfig::from_table(&format!(
             "issuer = \"iss\"\naudience = \"aud\"\n[[keys]]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"
-        ))
-        .unwrap();
+        ));
         Authenticator::start(&config).await.unwrap()
     }
 
@@ -181,12 +180,14 @@ mod tests {
         builder.body(Body::empty()).unwrap()
     }
 
-    fn admin_only() -> AuthPolicy {
-        AuthPolicy {
+    /// The layer of a route with `auth = { roles = ["admin"] }`.
+    fn admin_only(authenticator: &Authenticator) -> RequireAuthLayer {
+        let policy = AuthPolicy {
             roles: vec!["admin".into()],
             scopes: vec![],
             mode: PolicyMatch::Any,
-        }
+        };
+        RequireAuthLayer::for_route(&RouteAuth::Required(policy), Some(authenticator))
     }
 
     #[tokio::test]
@@ -197,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn protected_routes_insert_the_identity() {
-        let layer = RequireAuthLayer::required(authenticator().await, admin_only());
+        let layer = admin_only(&authenticator().await);
         let bearer = format!("Bearer {}", token(&["admin"]));
         let (status, _, body) = call(layer, request(Some(&bearer))).await;
         assert_eq!((status, body.as_str()), (200, "alice false"));
@@ -205,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejections_never_reach_the_handler() {
-        let layer = RequireAuthLayer::required(authenticator().await, admin_only());
+        let layer = admin_only(&authenticator().await);
         let (status, challenge, body) = call(layer.clone(), request(None)).await;
         assert_eq!((status, challenge.as_str()), (401, "Bearer"));
         assert!(

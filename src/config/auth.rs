@@ -3,20 +3,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::route::AuthPolicy;
-use super::{Invalid, Secret, invalid};
+use super::{AUTH_HEADER_PREFIX, Invalid, Secret, invalid};
+use crate::keys::{self, JwsAlgorithm, VerifyKey};
 use crate::tls::{ClientTls, TlsSettings};
 
-/// `[auth]`: how bearer tokens are verified. Optional while every route is public.
+/// `[auth]` as written: how bearer tokens are verified. Optional while every route is public.
 ///
 /// Every token must carry `exp`, `iss`, `aud` and `sub`; `nbf` is enforced when present.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthConfig {
+pub(super) struct RawAuthConfig {
     /// Required `iss` claim (exact match). Required, not empty.
     pub issuer: String,
     /// Required `aud` claim (the token's `aud`, string or array, must contain it). Required,
@@ -45,7 +47,7 @@ pub struct AuthConfig {
     pub propagate_claims: BTreeMap<String, String>,
     /// Verification keys, each with a fixed algorithm. At least one.
     #[serde(default)]
-    pub keys: Vec<KeyConfig>,
+    pub keys: Vec<RawKeyConfig>,
     /// How often keys from a `jwks_url` are refetched. Default 5m, at least 1s.
     #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
     pub jwks_refresh: Duration,
@@ -68,6 +70,68 @@ pub struct AuthConfig {
     /// token outlives the removal of its key from a JWKS. Default 60s, at most 1h.
     #[serde(default = "default_token_cache_ttl", with = "humantime_serde")]
     pub token_cache_ttl: Duration,
+}
+
+/// `[auth]`, validated: the claim rules, and every static key parsed (see [`AuthKey`]).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Required `iss` claim (exact match), not empty.
+    pub issuer: String,
+    /// Required `aud` claim (the token's `aud`, string or array, must contain it), not empty.
+    pub audience: String,
+    /// Clock leeway for `exp`/`nbf`, at most 60s.
+    pub leeway: Duration,
+    /// Longest lifetime a token may claim (`exp - iat`, or `exp - now`); `None`: no limit.
+    pub max_token_lifetime: Option<Duration>,
+    /// Claim holding the roles: a name or a dotted path.
+    pub roles_claim: String,
+    /// Claims propagated as identity headers, by header suffix (`email` → `x-auth-email`).
+    pub propagate_claims: BTreeMap<String, PropagatedClaim>,
+    /// The keys, in file order (`keys[i]` is `auth.keys[i]`), at least one.
+    pub keys: Vec<AuthKey>,
+    /// How often keys from a `jwks_url` are refetched, at least 1s.
+    pub jwks_refresh: Duration,
+    /// At most one refetch for an unknown `kid` per this interval, greater than zero.
+    pub jwks_cooldown: Duration,
+    /// Bound on one JWKS fetch, greater than zero.
+    pub jwks_timeout: Duration,
+    /// How long the last good set of a `jwks_url` stays in use while fetches fail, at least
+    /// `jwks_refresh`.
+    pub jwks_max_stale: Duration,
+    /// Verified tokens kept (0: no token cache).
+    pub token_cache_size: u64,
+    /// Longest a verified token stays cached, at most 1h.
+    pub token_cache_ttl: Duration,
+}
+
+/// One `auth.propagate_claims` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropagatedClaim {
+    /// `x-auth-<suffix>`: the identity header (lower case) it travels as.
+    pub header: http::HeaderName,
+    /// The claim name or dotted path it is read from.
+    pub claim: String,
+}
+
+/// One `[[auth.keys]]` entry, loaded.
+#[derive(Debug, Clone)]
+pub enum AuthKey {
+    /// A `secret`, `public_key_pem` or `jwks_file`: parsed at load (a JWKS file yields the keys
+    /// usable with its algorithm, at least one).
+    Static(Vec<Arc<VerifyKey>>),
+    /// A `jwks_url`: fetched at start-up and refreshed while running.
+    Url(JwksUrl),
+}
+
+/// A `jwks_url` and how to fetch it.
+#[derive(Debug, Clone)]
+pub struct JwksUrl {
+    /// `https://…`, or `http://` to a loopback address.
+    pub url: http::Uri,
+    /// The algorithm of every key taken from it.
+    pub algorithm: JwsAlgorithm,
+    /// TLS for an `https://` URL (its `tls` table, or the defaults); unused for `http://`.
+    pub tls: ClientTls,
 }
 
 const fn default_leeway() -> Duration {
@@ -174,23 +238,17 @@ const fn default_cors_max_age() -> Duration {
     Duration::from_secs(600)
 }
 
-/// JWS algorithms a key may be configured with (`none` is not one of them).
-pub const JWT_ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
-];
-
 /// `[[auth.keys]]`: one verification key (or key set), with exactly one source.
 ///
 /// Paths are relative to the working directory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeyConfig {
+pub(super) struct RawKeyConfig {
     /// Key id matched against the token's `kid`. A key without `kid` verifies only tokens
     /// without `kid`. Unique among `secret`/`public_key_pem` keys; not allowed with JWKS
     /// sources (their keys carry their own `kid`).
     pub kid: Option<String>,
-    /// The only algorithm this key verifies: one of [`JWT_ALGORITHMS`]. For a JWKS, the
+    /// The only algorithm this key verifies: one of [`JwsAlgorithm::ALL`]. For a JWKS, the
     /// algorithm of every key taken from it (keys of another type, curve or `alg` are skipped).
     pub algorithm: String,
     /// HMAC secret for `HS*` (raw bytes of the string): at least 32/48/64 bytes for
@@ -209,7 +267,10 @@ pub struct KeyConfig {
     pub tls: Option<TlsSettings>,
 }
 
-pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
+/// Checks `[auth]` and loads its keys: the one place key files and secrets are read and parsed,
+/// so a bad key stops start-up (and `check`) with its config key instead of failing every
+/// request, and the authenticator is built from keys that are known to be good.
+pub(super) fn validate_auth(auth: RawAuthConfig) -> Result<AuthConfig, Invalid> {
     if auth.issuer.is_empty() {
         return Err(invalid("auth.issuer", "must not be empty"));
     }
@@ -234,7 +295,8 @@ pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
             "must be a claim name or dotted path",
         ));
     }
-    for (name, path) in &auth.propagate_claims {
+    let mut propagate_claims = BTreeMap::new();
+    for (name, path) in auth.propagate_claims {
         let key = format!("auth.propagate_claims.{name}");
         let valid_name = (1..=64).contains(&name.len())
             && name
@@ -246,9 +308,19 @@ pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
                 "header suffixes are 1–64 of a-z, 0-9, `-`, and not `sub` (always sent)",
             ));
         }
-        if !is_claim_path(path) {
+        if !is_claim_path(&path) {
             return Err(invalid(key, "must be a claim name or dotted path"));
         }
+        // Lower-case letters, digits and `-` after a fixed prefix: always a header name.
+        let header = http::HeaderName::try_from(format!("{AUTH_HEADER_PREFIX}{name}"))
+            .map_err(|_| invalid(&key, "not a header name"))?;
+        propagate_claims.insert(
+            name,
+            PropagatedClaim {
+                header,
+                claim: path,
+            },
+        );
     }
     if auth.jwks_refresh < Duration::from_secs(1) {
         return Err(invalid("auth.jwks_refresh", "must be at least 1s"));
@@ -269,38 +341,38 @@ pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
         return Err(invalid("auth.token_cache_ttl", "must be at most 1h"));
     }
     let mut kids = BTreeSet::new();
+    let mut keys = Vec::with_capacity(auth.keys.len());
     for (i, k) in auth.keys.iter().enumerate() {
         let key = |field: &str| format!("auth.keys[{i}].{field}");
-        let sources = [
-            k.secret.is_some(),
-            k.public_key_pem.is_some(),
-            k.jwks_file.is_some(),
-            k.jwks_url.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(invalid(
-                format!("auth.keys[{i}]"),
-                "exactly one of secret, public_key_pem, jwks_file, jwks_url is required",
-            ));
-        }
-        if !JWT_ALGORITHMS.contains(&k.algorithm.as_str()) {
+        let source = match (&k.secret, &k.public_key_pem, &k.jwks_file, &k.jwks_url) {
+            (Some(secret), None, None, None) => Source::Secret(secret),
+            (None, Some(path), None, None) => Source::Pem(path),
+            (None, None, Some(path), None) => Source::JwksFile(path),
+            (None, None, None, Some(url)) => Source::Url(url),
+            _ => {
+                return Err(invalid(
+                    format!("auth.keys[{i}]"),
+                    "exactly one of secret, public_key_pem, jwks_file, jwks_url is required",
+                ));
+            }
+        };
+        let Some(alg) = JwsAlgorithm::from_name(&k.algorithm) else {
             return Err(invalid(
                 key("algorithm"),
                 format!(
                     "unsupported algorithm `{}` (one of {}; `none` never)",
                     k.algorithm,
-                    JWT_ALGORITHMS.join(", ")
+                    JwsAlgorithm::ALL.map(JwsAlgorithm::name).join(", ")
                 ),
             ));
-        }
-        let hmac = k.algorithm.starts_with("HS");
-        if hmac != k.secret.is_some() {
+        };
+        if alg.is_hmac() != matches!(source, Source::Secret(_)) {
             return Err(invalid(
                 key("algorithm"),
                 "HS* algorithms take `secret`; other algorithms take a public key or JWKS (never HMAC from a JWKS)",
             ));
         }
-        let jwks = k.jwks_file.is_some() || k.jwks_url.is_some();
+        let jwks = matches!(source, Source::JwksFile(_) | Source::Url(_));
         if let Some(kid) = &k.kid {
             if jwks {
                 return Err(invalid(
@@ -318,41 +390,93 @@ pub(super) fn validate_auth(auth: &AuthConfig) -> Result<(), Invalid> {
                 return Err(invalid(key("kid"), format!("`{kid}` is used twice")));
             }
         }
-        if let Some(url) = &k.jwks_url {
-            let uri: http::Uri = url
-                .parse()
-                .map_err(|_| invalid(key("jwks_url"), "not a valid URL"))?;
-            let loopback = uri.host().is_some_and(is_loopback_host);
-            match uri.scheme_str() {
-                Some("https") if uri.authority().is_some() => {}
-                Some("http") if loopback => {}
-                Some("http") if uri.authority().is_some() => {
-                    return Err(invalid(
-                        key("jwks_url"),
-                        "plain http:// only to a loopback address; use https://",
-                    ));
-                }
-                _ => {
-                    return Err(invalid(
-                        key("jwks_url"),
-                        "must be an https://host[:port]/path URL (or http:// to loopback)",
-                    ));
-                }
-            }
-            if uri.scheme_str() == Some("https") {
-                ClientTls::load(k.tls.as_ref())
-                    .map_err(|e| invalid(key(&format!("tls.{}", e.field)), e.message))?;
-            } else if k.tls.is_some() {
-                return Err(invalid(key("tls"), "needs an https:// jwks_url"));
-            }
-        } else if k.tls.is_some() {
+        if !matches!(source, Source::Url(_)) && k.tls.is_some() {
             return Err(invalid(key("tls"), "only for an https:// jwks_url"));
         }
-        // Parse secrets, PEMs and JWKS files now, so a bad key stops start-up (and `check`)
-        // with its name instead of failing every request.
-        crate::auth::keys::check_key_config(k).map_err(|(field, m)| invalid(key(field), m))?;
+        let loaded = match source {
+            Source::Url(url) => AuthKey::Url(jwks_url(url, alg, k.tls.as_ref(), &key)?),
+            Source::Secret(secret) => {
+                let loaded = keys::from_secret(k.kid.clone(), alg, secret.expose().as_bytes())
+                    .map_err(|m| invalid(key("secret"), m))?;
+                AuthKey::Static(vec![Arc::new(loaded)])
+            }
+            Source::Pem(path) => {
+                let loaded = keys::from_pem_file(k.kid.clone(), alg, path)
+                    .map_err(|m| invalid(key("public_key_pem"), m))?;
+                AuthKey::Static(vec![Arc::new(loaded)])
+            }
+            Source::JwksFile(path) => {
+                let loaded =
+                    keys::from_jwks_file(alg, path).map_err(|m| invalid(key("jwks_file"), m))?;
+                AuthKey::Static(loaded.into_iter().map(Arc::new).collect())
+            }
+        };
+        keys.push(loaded);
     }
-    Ok(())
+    Ok(AuthConfig {
+        issuer: auth.issuer,
+        audience: auth.audience,
+        leeway: auth.leeway,
+        max_token_lifetime: auth.max_token_lifetime,
+        roles_claim: auth.roles_claim,
+        propagate_claims,
+        keys,
+        jwks_refresh: auth.jwks_refresh,
+        jwks_cooldown: auth.jwks_cooldown,
+        jwks_timeout: auth.jwks_timeout,
+        jwks_max_stale: auth.jwks_max_stale,
+        token_cache_size: auth.token_cache_size,
+        token_cache_ttl: auth.token_cache_ttl,
+    })
+}
+
+/// Where a `[[auth.keys]]` entry takes its key from: exactly one of its four fields.
+enum Source<'a> {
+    Secret(&'a Secret),
+    Pem(&'a PathBuf),
+    JwksFile(&'a PathBuf),
+    Url(&'a str),
+}
+
+/// A key's `jwks_url` and `tls`, checked: `https://` (with its TLS settings loaded now), or
+/// `http://` to a loopback address without `tls`. Fetching it is the authenticator's job.
+fn jwks_url(
+    url: &str,
+    algorithm: JwsAlgorithm,
+    tls: Option<&TlsSettings>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<JwksUrl, Invalid> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| invalid(key("jwks_url"), "not a valid URL"))?;
+    let loopback = uri.host().is_some_and(is_loopback_host);
+    match uri.scheme_str() {
+        Some("https") if uri.authority().is_some() => {}
+        Some("http") if loopback => {}
+        Some("http") if uri.authority().is_some() => {
+            return Err(invalid(
+                key("jwks_url"),
+                "plain http:// only to a loopback address; use https://",
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                key("jwks_url"),
+                "must be an https://host[:port]/path URL (or http:// to loopback)",
+            ));
+        }
+    }
+    if uri.scheme_str() != Some("https") && tls.is_some() {
+        return Err(invalid(key("tls"), "needs an https:// jwks_url"));
+    }
+    // For `http://` these are the defaults, never used: the connector speaks plain HTTP then.
+    let tls =
+        ClientTls::load(tls).map_err(|e| invalid(key(&format!("tls.{}", e.field)), e.message))?;
+    Ok(JwksUrl {
+        url: uri,
+        algorithm,
+        tls,
+    })
 }
 
 /// `localhost`, `127.0.0.0/8` or `[::1]`: where a plain-text JWKS fetch cannot be observed.
@@ -467,4 +591,14 @@ pub(super) fn validate_cors(cors: &CorsConfig, key: &str) -> Result<CorsPolicy, 
         max_age: cors.max_age,
         allow_credentials: cors.allow_credentials,
     })
+}
+
+#[cfg(test)]
+impl AuthConfig {
+    /// `[auth]` loaded from the text of its table alone, as [`super::Config::from_toml`] loads
+    /// it (for the authenticator's unit tests). Panics with the config key on an error.
+    pub(crate) fn from_table(text: &str) -> Self {
+        let raw: RawAuthConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        validate_auth(raw).unwrap_or_else(|(key, message)| panic!("{key}: {message}"))
+    }
 }

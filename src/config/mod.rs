@@ -25,19 +25,22 @@ use http::Method;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use auth::{AuthConfig, CorsConfig, CorsOrigins, CorsPolicy, JWT_ALGORITHMS, KeyConfig};
+pub use auth::{
+    AuthConfig, AuthKey, CorsConfig, CorsOrigins, CorsPolicy, JwksUrl, PropagatedClaim,
+};
 pub use broker::BrokerUri;
 pub use interpolate::{InterpolateError, interpolate};
 pub(crate) use route::is_json_media_type;
 pub use route::{
     AuthPolicy, CacheConfig, CloudEventsConfig, CompressPolicy, PolicyMatch, ProxyTarget,
-    PublishTarget, RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, StaticProperties,
+    PublishTarget, RateLimitConfig, RateLimitKey, Route, RouteAction, RouteAuth, RoutePath,
+    StaticProperties,
 };
 pub use secret::Secret;
 
 use crate::tls::{ClientTls, TlsSettings};
 
-use auth::{validate_auth, validate_cors, validate_policy};
+use auth::{RawAuthConfig, validate_auth, validate_cors, validate_policy};
 use route::{RawRoute, RawRouteCors, path_shape};
 
 /// Largest message body we let through to the broker: RabbitMQ's default `max_message_size`
@@ -79,7 +82,7 @@ struct RawConfig {
     server: ServerConfig,
     amqp: RawAmqpConfig,
     #[serde(default)]
-    auth: Option<AuthConfig>,
+    auth: Option<RawAuthConfig>,
     #[serde(default)]
     cors: Option<CorsConfig>,
     #[serde(default)]
@@ -549,6 +552,8 @@ pub struct Config {
     pub compression: CompressionSettings,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// The same routes grouped by path, as the router serves them.
+    pub paths: Vec<RoutePath>,
     /// The file it was loaded from ([`Config::load`]), which a reload reads again; `None`
     /// when parsed from memory.
     pub source: Option<std::path::PathBuf>,
@@ -734,9 +739,7 @@ impl RawConfig {
         if self.cache.reinvalidate_after > MAX_REINVALIDATE_AFTER {
             return Err(invalid("cache.reinvalidate_after", "must be at most 1h"));
         }
-        if let Some(auth) = &self.auth {
-            validate_auth(auth)?;
-        }
+        let auth = self.auth.map(validate_auth).transpose()?;
         let cors = self
             .cors
             .as_ref()
@@ -782,7 +785,7 @@ impl RawConfig {
                     format!("duplicate route name `{}`", route.name),
                 ));
             }
-            if route.auth != RouteAuth::Public && self.auth.is_none() {
+            if route.auth != RouteAuth::Public && auth.is_none() {
                 return Err(invalid(
                     key("auth"),
                     "route requires authentication but there is no [auth] section (use auth = \"public\" or add [auth])",
@@ -791,8 +794,7 @@ impl RawConfig {
             // A claim key is read from the identity, which carries only propagated claims.
             for (j, limit) in route.rate_limits.iter().enumerate() {
                 if let Some(name) = limit.by.claim_name()
-                    && !self
-                        .auth
+                    && !auth
                         .as_ref()
                         .is_some_and(|a| a.propagate_claims.contains_key(name))
                 {
@@ -852,15 +854,18 @@ impl RawConfig {
             }
             routes.push(route);
         }
+        let paths = RoutePath::group(&routes)
+            .map_err(|(i, field, message)| invalid(format!("routes[{i}].{field}"), message))?;
         Ok(Config {
             server,
             amqp,
-            auth: self.auth,
+            auth,
             cors,
             upstreams,
             cache: self.cache,
             compression: self.compression,
             routes,
+            paths,
             source: None,
         })
     }

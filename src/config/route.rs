@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::routing::MethodFilter;
 use http::Method;
 use serde::Deserialize;
 
@@ -322,6 +323,85 @@ pub struct Route {
     pub action: RouteAction,
     /// `rate_limits`, in the order they are checked (empty: none).
     pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// The routes that share one path, as the router serves them.
+///
+/// Built only by config validation, which is where what makes a path servable is checked, so
+/// holding one means: its routes share one CORS policy (a preflight is answered per path), no
+/// method is served by two of them (the router would panic merging them), and each route's
+/// methods are a [`MethodFilter`] already.
+#[derive(Debug, Clone)]
+pub struct RoutePath {
+    /// [`path_shape`] of `path`: what makes two spellings the same path.
+    shape: String,
+    path: String,
+    cors: Option<CorsPolicy>,
+    routes: Vec<(MethodFilter, Route)>,
+}
+
+impl RoutePath {
+    /// Groups `routes` (in file order) by path. `Err` is the index of the route that breaks a
+    /// rule (CORS differs from the first route of its path, or a method already served there)
+    /// and why; the rules are checked with their config keys before this runs, so this only
+    /// makes them hold by construction.
+    pub(super) fn group(routes: &[Route]) -> Result<Vec<Self>, (usize, &'static str, String)> {
+        let mut paths: Vec<Self> = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let filter = route
+                .methods
+                .iter()
+                .map(|m| {
+                    MethodFilter::try_from(m.clone())
+                        .map_err(|_| (i, "methods", format!("`{m}` cannot be routed")))
+                })
+                .try_fold(None, |acc: Option<MethodFilter>, f| {
+                    f.map(|f| Some(acc.map_or(f, |a| a.or(f))))
+                })?
+                .ok_or_else(|| (i, "methods", "at least one method is required".to_owned()))?;
+            let shape = path_shape(&route.path);
+            let Some(path) = paths.iter_mut().find(|p| p.shape == shape) else {
+                paths.push(Self {
+                    shape,
+                    path: route.path.clone(),
+                    cors: route.cors.clone(),
+                    routes: vec![(filter, route.clone())],
+                });
+                continue;
+            };
+            if path.cors != route.cors {
+                return Err((i, "cors", "differs on the same path".to_owned()));
+            }
+            let taken = path
+                .routes
+                .iter()
+                .any(|(_, r)| r.methods.iter().any(|m| route.methods.contains(m)));
+            if taken {
+                return Err((
+                    i,
+                    "methods",
+                    "a method is served twice on the path".to_owned(),
+                ));
+            }
+            path.routes.push((filter, route.clone()));
+        }
+        Ok(paths)
+    }
+
+    /// The path pattern, as its routes spell it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The CORS policy of every route on the path.
+    pub fn cors(&self) -> Option<&CorsPolicy> {
+        self.cors.as_ref()
+    }
+
+    /// The routes, in file order, each with the methods it serves (disjoint).
+    pub fn routes(&self) -> impl Iterator<Item = (MethodFilter, &Route)> {
+        self.routes.iter().map(|(filter, route)| (*filter, route))
+    }
 }
 
 /// Route access rule.

@@ -1472,3 +1472,72 @@ fn cache_coherence_keys_need_a_restart() {
     let budget = load(&with_route("[cache]\nmax_bytes = 1048576")).unwrap();
     assert!(a.restart_required(&budget).is_empty());
 }
+
+#[test]
+fn routes_are_grouped_by_path_for_the_router() {
+    use axum::routing::MethodFilter;
+    // BASE's PUT/PATCH /users/{id}, a DELETE on the same path, and another path.
+    let text = with_route(
+        "[[routes]]\nname = \"delete-user\"\npath = \"/users/{id}\"\nmethods = [\"DELETE\"]\nauth = \"public\"\npublish = { exchange = \"users\", routing_key = \"user.{id}.deleted\" }\n\n[[routes]]\nname = \"create-user\"\npath = \"/users\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = { exchange = \"users\", routing_key = \"user.created\" }\n",
+    );
+    let c = load(&text).unwrap();
+    let paths: Vec<(&str, Vec<(MethodFilter, &str)>)> = c
+        .paths
+        .iter()
+        .map(|p| {
+            let routes = p.routes().map(|(f, r)| (f, r.name.as_str())).collect();
+            (p.path(), routes)
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (
+                "/users/{id}",
+                vec![
+                    (MethodFilter::PUT.or(MethodFilter::PATCH), "update-user"),
+                    (MethodFilter::DELETE, "delete-user"),
+                ]
+            ),
+            ("/users", vec![(MethodFilter::POST, "create-user")]),
+        ]
+    );
+    assert!(c.paths.iter().all(|p| p.cors().is_none()));
+}
+
+#[test]
+fn keys_are_loaded_with_the_config() {
+    let keys = format!(
+        "{}[[auth.keys]]\nalgorithm = \"ES256\"\npublic_key_pem = \"{}\"\n[[auth.keys]]\nalgorithm = \"RS256\"\njwks_url = \"http://127.0.0.1:1/jwks\"\n",
+        hs_key("kid = \"k1\""),
+        fixture("ec256.pub.pem"),
+    );
+    let text = BASE.replacen(
+        "[[routes]]",
+        &format!("{}\n[[routes]]", auth_section(&keys, "")),
+        1,
+    );
+    let c = load(&text).unwrap();
+    let loaded: Vec<String> = c
+        .auth
+        .unwrap()
+        .keys
+        .iter()
+        .map(|k| match k {
+            AuthKey::Static(keys) => keys
+                .iter()
+                .map(|k| format!("{:?} {:?}", k.kid, k.alg))
+                .collect::<Vec<_>>()
+                .join(", "),
+            AuthKey::Url(u) => format!("{} {:?}", u.url, u.algorithm),
+        })
+        .collect();
+    assert_eq!(
+        loaded,
+        [
+            "Some(\"k1\") HS256",
+            "None ES256",
+            "http://127.0.0.1:1/jwks RS256"
+        ]
+    );
+}

@@ -203,9 +203,10 @@ pub(crate) fn identity_headers(config: &Config) -> Vec<(String, Value, bool)> {
         true,
     )];
     if let Some(auth) = &config.auth {
-        for (name, claim) in &auth.propagate_claims {
+        for propagated in auth.propagate_claims.values() {
+            let claim = &propagated.claim;
             headers.push((
-                format!("{}{name}", crate::config::AUTH_HEADER_PREFIX),
+                propagated.header.as_str().to_owned(),
                 json!({
                     "type": "string",
                     "maxLength": 1024,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
-use jsonwebtoken::{EncodingKey, encode};
+use jsonwebtoken::{Algorithm, EncodingKey, encode};
 use serde_json::json;
 
 use super::*;
@@ -20,7 +20,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn config(extra: &str) -> AuthConfig {
-    let text = format!(
+    AuthConfig::from_table(&config_text(extra))
+}
+
+fn config_text(extra: &str) -> String {
+    format!(
         r#"
 issuer = "https://issuer.test"
 audience = "api"
@@ -60,8 +64,7 @@ secret = "{SECRET}{SECRET}"
         es = fixture("ec256.pub.pem").display(),
         es384 = fixture("ec384.pub.pem").display(),
         ed = fixture("ed25519.pub.pem").display(),
-    );
-    toml::from_str(&text).unwrap()
+    )
 }
 
 async fn authenticator() -> Authenticator {
