@@ -142,7 +142,16 @@ if [[ -n ${AMQP_TEST_URL:-} ]]; then
 else
     step "booting a private RabbitMQ node for the whole run"
     BROKER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/amqp-gateway-ci.XXXXXX")
-    exports=$("$ROOT/scripts/broker.sh" start "$BROKER_DIR" --watch-pid $$)
+    # Ports are picked free and bound later: another node booting at that moment can take
+    # one first. Try fresh ports twice more before giving up.
+    for attempt in 1 2 3; do
+        if exports=$("$ROOT/scripts/broker.sh" start "$BROKER_DIR" --watch-pid $$); then
+            break
+        fi
+        ((attempt < 3)) || die "could not boot the private RabbitMQ node (3 attempts)"
+        step "broker boot failed (attempt $attempt); retrying on fresh ports"
+        rm -rf "$BROKER_DIR" && mkdir -p "$BROKER_DIR"
+    done
     eval "$exports"
     export AMQP_TEST_URL AMQP_TEST_NODE AMQP_TEST_NODE_HOME AMQP_TEST_EPMD_PORT AMQP_TEST_BROKER_DIR
     printf '%s\n' "$exports" >&2

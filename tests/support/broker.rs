@@ -372,8 +372,22 @@ fn boot() -> Result<NodeInfo, String> {
 }
 
 /// Boots a node with `broker.sh start`, with an amqps listener too when `tls` names a
-/// certificate directory.
+/// certificate directory. A failed boot is tried twice more, on fresh ports: the ports are
+/// picked free but bound only later, so another node booting at the same moment (another test
+/// binary's, or another suite's on the same machine) can take one first (seen once as
+/// `eaddrinuse` on the distribution port).
 fn boot_node(tls: Option<&Path>) -> Result<NodeInfo, String> {
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match boot_node_once(tls) {
+            Ok(info) => return Ok(info),
+            Err(e) => failures.push(e),
+        }
+    }
+    Err(failures.join("\n---- next attempt ----\n"))
+}
+
+fn boot_node_once(tls: Option<&Path>) -> Result<NodeInfo, String> {
     let started = Instant::now();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
