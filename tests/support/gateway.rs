@@ -76,7 +76,7 @@ pub fn upstream(name: &str, url: &str) -> String {
 /// lines (`auth = ...`, `cache = ...`, `compress = ...`). Without an `auth` line in `extra` the
 /// route is `auth = "public"`.
 pub fn read_route(name: &str, path: &str, upstream: &str, extra: &str) -> String {
-    let auth = if extra.lines().any(|l| l.trim_start().starts_with("auth ")) {
+    let auth = if has_auth(extra) {
         ""
     } else {
         "auth = \"public\"\n"
@@ -91,8 +91,9 @@ pub fn topic_exchange(name: &str) -> String {
     format!("\n[[amqp.exchanges]]\nname = \"{name}\"\ntype = \"topic\"\n")
 }
 
-/// A public `POST` `[[routes]]` table named `name` on `path`, publishing to `exchange` with
-/// `routing_key`; `extra` adds lines (`schema = ...`, `rate_limits = ...`).
+/// A `POST` `[[routes]]` table named `name` on `path`, publishing to `exchange` with
+/// `routing_key`; `extra` adds lines (`schema = ...`, `rate_limits = ...`, `auth = ...`).
+/// Without an `auth` line in `extra` the route is `auth = "public"`.
 pub fn publish_route(
     name: &str,
     path: &str,
@@ -100,9 +101,30 @@ pub fn publish_route(
     routing_key: &str,
     extra: &str,
 ) -> String {
+    let auth = if has_auth(extra) {
+        ""
+    } else {
+        "auth = \"public\"\n"
+    };
     format!(
-        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"{exchange}\", routing_key = \"{routing_key}\" }}\n{extra}\n"
+        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = [\"POST\"]\n{auth}publish = {{ exchange = \"{exchange}\", routing_key = \"{routing_key}\" }}\n{extra}\n"
     )
+}
+
+fn has_auth(extra: &str) -> bool {
+    extra.lines().any(|l| l.trim_start().starts_with("auth "))
+}
+
+/// The public router of `config` (TOML) with no server around it and no broker needed
+/// ([`amqp_gateway::state::AppState::from_config`]): drive it with
+/// `tower::ServiceExt::oneshot` ([`super::http::call`]).
+pub async fn router(config: &str) -> axum::Router {
+    let config = Config::from_toml(config, "test-config", |_| None)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let state = amqp_gateway::state::AppState::from_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("state for the test config: {e}"));
+    amqp_gateway::app(state)
 }
 
 /// A running gateway.

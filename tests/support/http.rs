@@ -62,6 +62,23 @@ impl Answer {
     }
 }
 
+/// One request through `router` in process (`tower::ServiceExt::oneshot`, no socket), the
+/// whole answer read.
+pub async fn call(router: &axum::Router, request: http::Request<axum::body::Body>) -> Answer {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let started = std::time::Instant::now();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes().to_vec();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        elapsed: started.elapsed(),
+    }
+}
+
 /// `GET url` with `headers` (text values).
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Answer {
     send(
