@@ -17,8 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 use lapin::ExchangeKind;
-use lapin::types::AMQPValue;
 use serde_json::{Value, json};
+use support::amqp::header_str;
 use support::origin::Origin;
 use support::poll::eventually;
 use support::tokens::{self, SECRET, bearer, claims, fixture, hs, mint, now, pem};
@@ -647,13 +647,6 @@ async fn role_and_scope_matrix_on_write_routes() {
     );
 }
 
-fn amqp_header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
-    match d.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => panic!("header {name}: unexpected {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn identity_goes_into_amqp_headers_and_forged_copies_never_do() {
     let s = setup("", "").await;
@@ -672,13 +665,13 @@ async fn identity_goes_into_amqp_headers_and_forged_copies_never_do() {
         .unwrap();
     assert_eq!(res.status(), 202);
     let d = s.queue.expect(WAIT, "the admin event").await;
-    assert_eq!(amqp_header(&d, "x-auth-sub").as_deref(), Some("alice"));
+    assert_eq!(header_str(&d, "x-auth-sub").as_deref(), Some("alice"));
     assert_eq!(
-        amqp_header(&d, "x-auth-email").as_deref(),
+        header_str(&d, "x-auth-email").as_deref(),
         Some("alice@example.com")
     );
-    assert_eq!(amqp_header(&d, "x-auth-tenant").as_deref(), Some("t-1"));
-    assert_eq!(amqp_header(&d, "x-auth-role"), None);
+    assert_eq!(header_str(&d, "x-auth-tenant").as_deref(), Some("t-1"));
+    assert_eq!(header_str(&d, "x-auth-role"), None);
     // The token itself is never copied into the event.
     let all = format!("{:?} {:?}", d.properties, String::from_utf8_lossy(&d.data));
     assert!(!all.contains(token.split('.').nth(2).unwrap()));
@@ -694,7 +687,7 @@ async fn identity_goes_into_amqp_headers_and_forged_copies_never_do() {
         .unwrap();
     assert_eq!(res.status(), 202);
     let d = s.queue.expect(WAIT, "the open event").await;
-    assert_eq!(amqp_header(&d, "x-auth-sub"), None);
+    assert_eq!(header_str(&d, "x-auth-sub"), None);
 }
 
 #[tokio::test]

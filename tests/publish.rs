@@ -10,6 +10,8 @@ use std::time::Duration;
 use lapin::ExchangeKind;
 use lapin::types::AMQPValue;
 use reqwest::StatusCode;
+use support::amqp::{header, header_str, short};
+use support::gateway::{no_broker, publish_route, read_route, topic_exchange, upstream};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -19,62 +21,40 @@ const QUIET: Duration = Duration::from_millis(300);
 /// A gateway with one topic exchange (unique per test) and the usual write routes on it.
 async fn gateway_with_exchange() -> (TestGateway, String) {
     let exchange = unique_name("users");
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "update-user"
-path = "/users/{{id}}"
-methods = ["PUT", "PATCH"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-
-[[routes]]
-name = "create-user"
-path = "/users"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.created", status = 201, location = "/users/{{event_id}}" }}
-
-[[routes]]
-name = "delete-user"
-path = "/users/{{id}}"
-methods = ["DELETE"]
-auth = "public"
-[routes.publish]
-exchange = "{exchange}"
-routing_key = "user.{{id}}.deleted"
-properties = {{ type = "UserDeleted", priority = 3 }}
-headers = {{ "x-schema-version" = "2" }}
-
-[[routes]]
-name = "upload-note"
-path = "/notes/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "note.{{id}}", content_types = ["text/plain", "application/json"] }}
-"#,
-        base = base_config(&amqp_url()),
-    );
+    let config = [
+        base_config(&amqp_url()),
+        topic_exchange(&exchange),
+        publish_route(
+            "update-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\", \"PATCH\"]",
+        ),
+        publish_route(
+            "create-user",
+            "/users",
+            &exchange,
+            "user.created",
+            "publish.status = 201\npublish.location = \"/users/{event_id}\"",
+        ),
+        publish_route(
+            "delete-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.deleted",
+            "methods = [\"DELETE\"]\npublish.properties = { type = \"UserDeleted\", priority = 3 }\npublish.headers = { \"x-schema-version\" = \"2\" }",
+        ),
+        publish_route(
+            "upload-note",
+            "/notes/{id}",
+            &exchange,
+            "note.{id}",
+            "publish.content_types = [\"text/plain\", \"application/json\"]",
+        ),
+    ]
+    .concat();
     (TestGateway::start(&config).await, exchange)
-}
-
-fn header<'a>(d: &'a lapin::message::Delivery, name: &str) -> Option<&'a AMQPValue> {
-    d.properties.headers().as_ref()?.inner().get(name)
-}
-
-fn header_str(d: &lapin::message::Delivery, name: &str) -> Option<String> {
-    match header(d, name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => panic!("header {name} has unexpected type {other:?}"),
-    }
-}
-
-fn short(s: &Option<lapin::types::ShortString>) -> Option<&str> {
-    s.as_ref().map(|s| s.as_str())
 }
 
 #[tokio::test]
@@ -597,18 +577,7 @@ async fn non_json_media_types_are_published_as_sent() {
 async fn default_exchange_publishes_to_the_named_queue() {
     let url = amqp_url();
     let q = TestQueue::bind(&url, "", None, "").await;
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "jobs"
-path = "/jobs"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "", routing_key = "{queue}" }}
-"#,
-        base = base_config(&url),
-        queue = q.name,
-    );
+    let config = base_config(&url) + &publish_route("jobs", "/jobs", "", &q.name, "");
     let gw = TestGateway::start(&config).await;
     let res = reqwest::Client::new()
         .post(gw.at("/jobs"))
@@ -625,18 +594,7 @@ publish = {{ exchange = "", routing_key = "{queue}" }}
 #[tokio::test]
 async fn unreachable_broker_means_not_ready_and_503() {
     // A port nothing listens on: connects are refused.
-    let port = support::free_port();
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "jobs"
-path = "/jobs"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "", routing_key = "jobs" }}
-"#,
-        base = base_config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
-    );
+    let config = base_config(&no_broker()) + &publish_route("jobs", "/jobs", "", "jobs", "");
     let gw = TestGateway::start_unready(&config).await;
     let client = reqwest::Client::new();
     let health = client
@@ -676,33 +634,25 @@ async fn an_accepted_write_invalidates_the_cached_read_of_that_path() {
     let origin = support::Origin::start("o").await;
     let exchange = unique_name("inv");
     let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[upstreams.users]
-targets = ["{origin}"]
-
-[[routes]]
-name = "get-user"
-path = "/users/{{id}}"
-methods = ["GET"]
-auth = "public"
-upstream = "users"
-cache = {{ ttl = "60s" }}
-
-[[routes]]
-name = "put-user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-"#,
-        base = base_config(&url),
-        origin = origin.url,
-    );
+    let config = [
+        base_config(&url),
+        topic_exchange(&exchange),
+        upstream("users", &origin.url),
+        read_route(
+            "get-user",
+            "/users/{id}",
+            "users",
+            "methods = [\"GET\"]\ncache = { ttl = \"60s\" }",
+        ),
+        publish_route(
+            "put-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]",
+        ),
+    ]
+    .concat();
     let gw = TestGateway::start(&config).await;
     let client = reqwest::Client::new();
     let x_cache = |r: &reqwest::Response| r.headers()["x-cache"].to_str().unwrap().to_owned();
@@ -798,22 +748,19 @@ async fn an_idempotency_key_reused_with_another_body_is_422_and_nothing_is_publi
 async fn idempotency_keys_are_scoped_by_path_and_subject() {
     use support::tokens::{auth_section, claims, hs};
     let exchange = unique_name("scoped");
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-{auth}
-[[routes]]
-name = "update-user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "authenticated"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-"#,
-        base = base_config(&amqp_url()),
-        auth = auth_section("", ""),
-    );
+    let config = [
+        base_config(&amqp_url()),
+        topic_exchange(&exchange),
+        auth_section("", ""),
+        publish_route(
+            "update-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]\nauth = \"authenticated\"",
+        ),
+    ]
+    .concat();
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
     let gw = TestGateway::start(&config).await;
     let alice = hs(&claims("alice", &[], ""));
@@ -897,38 +844,26 @@ async fn cloudevents_routes_publish_binary_mode_events_an_sdk_reads() {
     use cloudevents::message::BinaryDeserializer;
 
     let exchange = unique_name("ce");
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "update user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated", cloudevents = true }}
-
-[[routes]]
-name = "create-order"
-path = "/orders"
-methods = ["POST"]
-auth = "public"
-[routes.publish]
-exchange = "{exchange}"
-routing_key = "order.created"
-cloudevents = {{ source = "https://shop.example.com/orders", type = "com.example.order.created" }}
-
-[[routes]]
-name = "plain"
-path = "/plain"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "plain" }}
-"#,
-        base = base_config(&amqp_url()),
-    );
+    let config = [
+        base_config(&amqp_url()),
+        topic_exchange(&exchange),
+        publish_route(
+            "update user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]\npublish.cloudevents = true",
+        ),
+        publish_route(
+            "create-order",
+            "/orders",
+            &exchange,
+            "order.created",
+            "publish.cloudevents = { source = \"https://shop.example.com/orders\", type = \"com.example.order.created\" }",
+        ),
+        publish_route("plain", "/plain", &exchange, "plain", ""),
+    ]
+    .concat();
     let gw = TestGateway::start(&config).await;
     let queue = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
     let client = reqwest::Client::new();
