@@ -927,14 +927,8 @@ async fn write_gateway(origin: &Origin) -> (TestGateway, TestQueue) {
     (TestGateway::start(&config).await, queue)
 }
 
-async fn write(gw: &TestGateway, method: reqwest::Method, path: &str) -> reqwest::Response {
-    support::http::client()
-        .request(method, gw.at(path))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
+async fn write(gw: &TestGateway, method: reqwest::Method, path: &str) -> Answer {
+    support::http::write(method, &gw.at(path), support::http::JSON, "{}").await
 }
 
 #[tokio::test]

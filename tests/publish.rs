@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use lapin::ExchangeKind;
 use lapin::types::AMQPValue;
+use reqwest::Method;
 use reqwest::StatusCode;
 use support::amqp::{header, header_str, short};
 use support::gateway::{no_broker, publish_route, read_route, topic_exchange, upstream};
+use support::http::{JSON, write};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -67,25 +69,26 @@ async fn put_publishes_a_persistent_event_with_every_contract_property() {
         "user.*.updated",
     )
     .await;
-    let client = reqwest::Client::new();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let res = client
-        .put(gw.at("/users/42"))
-        .header("content-type", "application/json; charset=utf-8")
-        .header("x-request-id", "req-abc-123")
-        .header("traceparent", traceparent)
-        .header("x-evil", "must-not-be-copied")
-        .body(r#"{"name":"Ada"}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/42"),
+        &[
+            ("content-type", "application/json; charset=utf-8"),
+            ("x-request-id", "req-abc-123"),
+            ("traceparent", traceparent),
+            ("x-evil", "must-not-be-copied"),
+        ],
+        r#"{"name":"Ada"}"#,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     assert_eq!(res.headers()["x-request-id"], "req-abc-123");
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["status"], "accepted");
     let event_id = body["event_id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -141,16 +144,10 @@ async fn post_create_route_answers_201_with_location() {
         "user.created",
     )
     .await;
-    let res = reqwest::Client::new()
-        .post(gw.at("/users"))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"Grace"}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::POST, &gw.at("/users"), JSON, r#"{"name":"Grace"}"#).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let location = res.headers()["location"].to_str().unwrap().to_owned();
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     let event_id = body["event_id"].as_str().unwrap();
     assert_eq!(location, format!("/users/{event_id}"));
     let d = q.expect(WAIT, "the POST event").await;
@@ -199,17 +196,11 @@ async fn unroutable_event_is_503_and_nothing_is_queued() {
     let (gw, exchange) = gateway_with_exchange().await;
     // Bound, but to another key: the broker has nowhere to put user.9.updated.
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "other.#").await;
-    let res = reqwest::Client::new()
-        .put(gw.at("/users/9"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::PUT, &gw.at("/users/9"), JSON, "{}").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["type"], "urn:amqp-gateway:problem:no-route");
     assert!(q.next(QUIET).await.is_none());
     assert_eq!(q.count().await, 0);
@@ -247,16 +238,10 @@ async fn nacked_event_is_503_and_not_accepted() {
     )
     .await
     .unwrap();
-    let res = reqwest::Client::new()
-        .patch(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::PATCH, &gw.at("/users/1"), JSON, "{}").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers().contains_key("retry-after"));
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["type"], "urn:amqp-gateway:problem:nacked");
 }
 
@@ -264,7 +249,6 @@ async fn nacked_event_is_503_and_not_accepted() {
 async fn routing_key_injection_is_rejected_before_publishing() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
-    let client = reqwest::Client::new();
     let long = "a".repeat(250);
     for id in [
         "123.refunded",
@@ -275,13 +259,7 @@ async fn routing_key_injection_is_rejected_before_publishing() {
         "a%0Ab",
         long.as_str(),
     ] {
-        let res = client
-            .put(gw.at(&format!("/users/{id}")))
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let res = write(Method::PUT, &gw.at(&format!("/users/{id}")), JSON, "{}").await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "id {id:?}");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
     }
@@ -341,23 +319,25 @@ async fn bad_bodies_are_rejected_and_nothing_is_queued() {
     // Chunked (no Content-Length) over the limit is cut off too.
     let chunks =
         futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
-    let res = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/1"),
+        JSON,
+        reqwest::Body::wrap_stream(chunks),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Unknown encodings are refused.
-    let res = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "br")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/1"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ],
+        "{}",
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(q.next(QUIET).await.is_none(), "nothing may be published");
 }
@@ -372,16 +352,17 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
-    let client = reqwest::Client::new();
     let json = br#"{"name":"Zipped","tags":["a","b"]}"#;
-    let res = client
-        .put(gw.at("/users/5"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(gzip(json))
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/5"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        gzip(json),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let d = q.expect(WAIT, "the gzip event").await;
     assert_eq!(d.data, json);
@@ -389,23 +370,27 @@ async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
     // 64 KiB + 1 decoded from a few hundred bytes: over the limit after decoding.
     let mut big = vec![b' '; 65537];
     big[0] = b'1';
-    let res = client
-        .put(gw.at("/users/5"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(gzip(&big))
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/5"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        gzip(&big),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let res = client
-        .put(gw.at("/users/5"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(b"not gzip at all".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/5"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        b"not gzip at all".to_vec(),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(q.next(QUIET).await.is_none());
 }
@@ -457,14 +442,16 @@ async fn idempotency_key_gives_the_same_message_id_per_route() {
     assert_eq!(ids[0], a["event_id"].as_str().unwrap());
     assert_eq!(ids[0], ids[1]);
     assert_ne!(ids[0], ids[2]);
-    let bad = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", "x".repeat(256))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let bad = write(
+        Method::PUT,
+        &gw.at("/users/1"),
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", &"x".repeat(256)),
+        ],
+        "{}",
+    )
+    .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -560,13 +547,13 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
 async fn non_json_media_types_are_published_as_sent() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "note.*").await;
-    let res = reqwest::Client::new()
-        .post(gw.at("/notes/n1"))
-        .header("content-type", "text/plain")
-        .body("remember the milk")
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::POST,
+        &gw.at("/notes/n1"),
+        &[("content-type", "text/plain")],
+        "remember the milk",
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let d = q.expect(WAIT, "the note").await;
     assert_eq!(d.data, b"remember the milk");
@@ -579,13 +566,7 @@ async fn default_exchange_publishes_to_the_named_queue() {
     let q = TestQueue::bind(&url, "", None, "").await;
     let config = base_config(&url) + &publish_route("jobs", "/jobs", "", &q.name, "");
     let gw = TestGateway::start(&config).await;
-    let res = reqwest::Client::new()
-        .post(gw.at("/jobs"))
-        .header("content-type", "application/json")
-        .body(r#"{"job":1}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::POST, &gw.at("/jobs"), JSON, r#"{"job":1}"#).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let d = q.expect(WAIT, "the job").await;
     assert_eq!(d.data, br#"{"job":1}"#);
@@ -610,20 +591,14 @@ async fn unreachable_broker_means_not_ready_and_503() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let started = std::time::Instant::now();
-    let res = client
-        .post(gw.at("/jobs"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::POST, &gw.at("/jobs"), JSON, "{}").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "fails fast, no waiting on the broker"
     );
     assert_eq!(res.headers()["retry-after"], "1");
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["type"], "urn:amqp-gateway:problem:broker-unavailable");
     gw.shutdown().await;
 }
@@ -662,13 +637,7 @@ async fn an_accepted_write_invalidates_the_cached_read_of_that_path() {
     assert_eq!(x_cache(&r), "HIT");
     let other = client.get(gw.at("/users/2")).send().await.unwrap();
     assert_eq!(x_cache(&other), "MISS");
-    let w = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let w = write(Method::PUT, &gw.at("/users/1"), JSON, "{}").await;
     assert_eq!(w.status(), StatusCode::ACCEPTED);
     q.expect(WAIT, "the write").await;
     let r = client.get(gw.at("/users/1")).send().await.unwrap();

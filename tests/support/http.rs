@@ -30,6 +30,16 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The status as a [`reqwest::StatusCode`] (as `reqwest::Response::status` gives it).
+    pub fn status(&self) -> reqwest::StatusCode {
+        reqwest::StatusCode::from_u16(self.status).unwrap()
+    }
+
+    /// The response headers (as `reqwest::Response::headers` gives them).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
     /// The first `name` field as text; `None` when absent (or not visible ASCII).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -77,6 +87,26 @@ pub async fn call(router: &axum::Router, request: http::Request<axum::body::Body
         body,
         elapsed: started.elapsed(),
     }
+}
+
+/// The headers of a JSON write: `Content-Type: application/json`.
+pub const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+/// `method url` with `headers` (text values, `content-type` among them: [`JSON`]) and `body`, on a fresh
+/// client: the request of the write tests.
+pub async fn write(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> Answer {
+    send_body(
+        method,
+        url,
+        headers.iter().map(|(k, v)| (*k, v.as_bytes())),
+        body.into(),
+    )
+    .await
 }
 
 /// `GET url` with `headers` (text values).
