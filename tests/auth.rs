@@ -20,6 +20,7 @@ use lapin::ExchangeKind;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::amqp::header_str;
+use support::gateway::{publish_route, read_route, upstream};
 use support::http::{JSON, write};
 use support::origin::Origin;
 use support::poll::eventually;
@@ -137,8 +138,12 @@ jwks_url = "{jwks_url}"
 /// Write routes on `exchange`, one per policy; routing key = the route's last path segment.
 fn write_routes(exchange: &str) -> String {
     let route = |name: &str, auth: &str| {
-        format!(
-            "[[routes]]\nname = \"{name}\"\npath = \"/w/{name}\"\nmethods = [\"POST\"]\nauth = {auth}\npublish = {{ exchange = \"{exchange}\", routing_key = \"{name}\" }}\n\n"
+        publish_route(
+            name,
+            &format!("/w/{name}"),
+            exchange,
+            name,
+            &format!("auth = {auth}"),
         )
     };
     [
@@ -874,34 +879,23 @@ async fn cors_preflight_is_answered_without_auth() {
 #[tokio::test]
 async fn read_routes_enforce_the_same_rules() {
     let origin = Origin::start("users").await;
-    let extra = format!(
-        r#"
-[upstreams.users]
-targets = ["{url}"]
-
-[[routes]]
-name = "read-open"
-path = "/r/open"
-methods = ["GET", "HEAD"]
-auth = "public"
-upstream = "users"
-
-[[routes]]
-name = "read-admin"
-path = "/r/admin"
-methods = ["GET", "HEAD"]
-auth = {{ roles = ["admin"] }}
-upstream = "users"
-
-[[routes]]
-name = "read-scoped"
-path = "/r/scoped"
-methods = ["GET"]
-auth = {{ scopes = ["users:read"] }}
-upstream = "users"
-"#,
-        url = origin.url
-    );
+    let extra = [
+        upstream("users", &origin.url),
+        read_route("read-open", "/r/open", "users", ""),
+        read_route(
+            "read-admin",
+            "/r/admin",
+            "users",
+            "auth = { roles = [\"admin\"] }",
+        ),
+        read_route(
+            "read-scoped",
+            "/r/scoped",
+            "users",
+            "methods = [\"GET\"]\nauth = { scopes = [\"users:read\"] }",
+        ),
+    ]
+    .concat();
     let s = setup("", &extra).await;
     let get = async |path: &str, token: Option<&str>| {
         let mut headers = vec![("x-auth-sub", "mallory".to_owned())];
@@ -968,21 +962,13 @@ upstream = "users"
 #[tokio::test]
 async fn read_routes_propagate_identity_and_key_private_cache_by_subject() {
     let origin = Origin::start("users").await;
-    let extra = format!(
-        r#"
-[upstreams.users]
-targets = ["{url}"]
-
-[[routes]]
-name = "me"
-path = "/me/{{*rest}}"
-methods = ["GET"]
-auth = "authenticated"
-upstream = "users"
-cache = {{ ttl = "60s" }}
-"#,
-        url = origin.url
-    );
+    let extra = upstream("users", &origin.url)
+        + &read_route(
+            "me",
+            "/me/{*rest}",
+            "users",
+            "methods = [\"GET\"]\nauth = \"authenticated\"\ncache = { ttl = \"60s\" }",
+        );
     let s = setup("", &extra).await;
     let client = reqwest::Client::new();
     let get = async |path: &str, token: &str| {
