@@ -399,33 +399,16 @@ async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
 async fn idempotency_key_gives_the_same_message_id_per_route() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
-    let client = reqwest::Client::new();
-    let send = |path: &'static str, key: &'static str| {
-        client
-            .put(gw.at(path))
-            .header("content-type", "application/json")
-            .header("idempotency-key", key)
-            .body("{}")
-            .send()
+    let send = async |path: &str, key: &str| {
+        let headers = [
+            ("content-type", "application/json"),
+            ("idempotency-key", key),
+        ];
+        write(Method::PUT, &gw.at(path), &headers, "{}").await
     };
-    let a = send("/users/1", "key-1")
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    let b = send("/users/1", "key-1")
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    let c = send("/users/1", "key-2")
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let a = send("/users/1", "key-1").await.json();
+    let b = send("/users/1", "key-1").await.json();
+    let c = send("/users/1", "key-2").await.json();
     assert_eq!(a["event_id"], b["event_id"]);
     assert_ne!(a["event_id"], c["event_id"]);
     let ids: Vec<String> = q

@@ -203,6 +203,17 @@ impl TestGateway {
         Self::reads(server_extra, &sections).await
     }
 
+    /// [`TestGateway::in_front_of`] with the test `[auth]` section
+    /// ([`super::tokens::auth_section`]) before `routes`.
+    pub async fn in_front_of_with_auth(
+        origin_url: &str,
+        server_extra: &str,
+        routes: &str,
+    ) -> TestGateway {
+        let sections = format!("{}{routes}", super::tokens::auth_section("", ""));
+        Self::in_front_of(origin_url, server_extra, &sections).await
+    }
+
     /// Starts a gateway without waiting for the broker.
     pub async fn start_unready(config: &str) -> TestGateway {
         let config = Config::from_toml(config, "test-config", |_| None)
