@@ -69,20 +69,16 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let pool_settings = PoolSettings::from(&config.amqp);
     let channels = ChannelSet::start(pool_settings.clone()).map_err(RunError::Amqp)?;
-    let metrics = Arc::new(Metrics::new());
-    let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-    // With coherence the cache starts bypassed: nothing is served before the subscription
-    // is up, since an invalidation published before it would be missed.
-    let coherence = Coherence::new(config.cache.reinvalidate_after, !config.cache.coherence);
+    let lasting = Lasting::new(&config, channels.clone());
     let subscriber = if config.cache.coherence {
         let sink = Arc::new(CoherenceSink {
-            coherence: coherence.clone(),
-            metrics: metrics.clone(),
+            coherence: lasting.coherence.clone(),
+            metrics: lasting.metrics.clone(),
         });
         match Subscriber::start(
             &pool_settings,
             &config.cache.invalidation_exchange,
-            instance.clone(),
+            lasting.instance.clone(),
             sink,
         ) {
             Ok(subscriber) => Some(subscriber),
@@ -93,17 +89,6 @@ pub async fn run(
         }
     } else {
         None
-    };
-    let lasting = Lasting {
-        channels: channels.clone(),
-        metrics,
-        draining: Arc::new(AtomicBool::new(false)),
-        idempotency: IdempotencyRecord::default(),
-        invalidations: config.cache.coherence.then(|| {
-            InvalidationPublisher::new(&config.cache.invalidation_exchange, instance.clone())
-        }),
-        coherence,
-        instance,
     };
     // A JWKS URL that cannot be fetched stops start-up (the gateway never serves with a cold
     // key set): close the pool (and subscriber) we just started.
@@ -217,6 +202,43 @@ struct Lasting {
     /// With `cache.coherence`.
     invalidations: Option<InvalidationPublisher>,
     instance: Arc<str>,
+}
+
+impl Lasting {
+    /// What `config` starts with: fresh metrics, a new instance id, no idempotency record yet.
+    fn new(config: &Config, channels: ChannelSet) -> Self {
+        let instance: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        Lasting {
+            channels,
+            metrics: Arc::new(Metrics::new()),
+            draining: Arc::new(AtomicBool::new(false)),
+            idempotency: IdempotencyRecord::default(),
+            invalidations: config.cache.coherence.then(|| {
+                InvalidationPublisher::new(&config.cache.invalidation_exchange, instance.clone())
+            }),
+            // With coherence the cache starts bypassed: nothing is served before the
+            // subscription is up, since an invalidation published before it would be missed.
+            coherence: Coherence::new(config.cache.reinvalidate_after, !config.cache.coherence),
+            instance,
+        }
+    }
+}
+
+/// The request-handling state of [`crate::state::AppState::from_config`]: [`run`]'s, without
+/// listeners, invalidation subscriber, reloads or shutdown. The channel set starts connecting
+/// in the background (publishes answer 503 until it is up, and forever when the broker is
+/// unreachable); its supervisors stop when the last clone of the state is dropped.
+pub(crate) async fn standalone_state(config: &Config) -> Result<AppState, RunError> {
+    let pool_settings = PoolSettings::from(&config.amqp);
+    let channels = ChannelSet::start(pool_settings).map_err(RunError::Amqp)?;
+    let lasting = Lasting::new(config, channels.clone());
+    match build_state(config, &lasting, None).await {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            channels.close(Duration::from_secs(1)).await;
+            Err(e)
+        }
+    }
 }
 
 /// What the invalidation subscriber reports, applied to the cache and counted.

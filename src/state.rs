@@ -1,4 +1,8 @@
 //! [`AppState`]: what handlers share, injected through axum's state (never global).
+//!
+//! [`crate::run`] builds it for the listeners it serves; [`AppState::from_config`] builds the
+//! same state without a server, for tests and for embedding the router ([`crate::app()`]) in
+//! another service.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -58,4 +62,34 @@ pub struct AppState {
     pub idempotency: IdempotencyRecord,
     /// Set when shutdown starts, so `/readyz` takes the instance out of rotation.
     pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// The request-handling state for `config`, without listeners: for tests and for embedding
+    /// [`crate::app()`] in another service.
+    ///
+    /// It is the state [`crate::run`] serves, minus what belongs to a running server: no
+    /// invalidation subscriber (with `cache.coherence` the cache therefore stays bypassed), no
+    /// reloads, no shutdown drain. The publishing channels start connecting to `[amqp]` in the
+    /// background and this returns at once: until they are up — forever, when the broker is
+    /// unreachable — publish routes answer 503 `broker-unavailable`. Nothing blocks on the
+    /// broker; the channels' supervisors stop when the last clone of the state is dropped.
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The `[amqp]` settings cannot make a connection pool, or token verification cannot
+    /// start (`[auth]` with a key that does not load or a JWKS URL that cannot be fetched).
+    ///
+    /// ```no_run
+    /// # async fn demo(config: amqp_gateway::Config) -> Result<(), amqp_gateway::RunError> {
+    /// let state = amqp_gateway::state::AppState::from_config(&config).await?;
+    /// let router = amqp_gateway::app(state);
+    /// # drop(router);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn from_config(config: &crate::Config) -> Result<Self, crate::RunError> {
+        crate::server::standalone_state(config).await
+    }
 }

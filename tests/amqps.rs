@@ -135,14 +135,14 @@ fn gateway_config(node: &PrivateNode, host: &str, tls: &str) -> (String, String)
 }
 
 async fn post_order(gw: &TestGateway, body: &str) -> StatusCode {
-    reqwest::Client::new()
-        .post(gw.at("/orders"))
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
+    support::http::write(
+        reqwest::Method::POST,
+        &gw.at("/orders"),
+        support::http::JSON,
+        body.to_owned(),
+    )
+    .await
+    .status()
 }
 
 /// Polls `/readyz` for [`UNREADY_WINDOW`]; panics if it ever answers 200.

@@ -17,8 +17,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, encode};
 use lapin::ExchangeKind;
-use lapin::types::AMQPValue;
+use reqwest::Method;
 use serde_json::{Value, json};
+use support::amqp::header_str;
+use support::gateway::{publish_route, read_route, upstream};
+use support::http::{JSON, write};
 use support::origin::Origin;
 use support::poll::eventually;
 use support::tokens::{self, SECRET, bearer, claims, fixture, hs, mint, now, pem};
@@ -135,8 +138,12 @@ jwks_url = "{jwks_url}"
 /// Write routes on `exchange`, one per policy; routing key = the route's last path segment.
 fn write_routes(exchange: &str) -> String {
     let route = |name: &str, auth: &str| {
-        format!(
-            "[[routes]]\nname = \"{name}\"\npath = \"/w/{name}\"\nmethods = [\"POST\"]\nauth = {auth}\npublish = {{ exchange = \"{exchange}\", routing_key = \"{name}\" }}\n\n"
+        publish_route(
+            name,
+            &format!("/w/{name}"),
+            exchange,
+            name,
+            &format!("auth = {auth}"),
         )
     };
     [
@@ -191,28 +198,17 @@ struct Answer {
 }
 
 async fn post(gw: &TestGateway, path: &str, authorization: &[&str]) -> Answer {
-    let mut req = reqwest::Client::new()
-        .post(gw.at(path))
-        .header("content-type", "application/json")
-        .body("{}");
-    for a in authorization {
-        req = req.header("authorization", *a);
-    }
-    answer(req.send().await.unwrap()).await
+    let mut headers = JSON.to_vec();
+    headers.extend(authorization.iter().map(|a| ("authorization", *a)));
+    answer(write(Method::POST, &gw.at(path), &headers, "{}").await)
 }
 
-async fn answer(res: reqwest::Response) -> Answer {
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let challenge = headers
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = res.text().await.unwrap();
+fn answer(res: support::http::Answer) -> Answer {
     Answer {
-        status,
-        challenge,
-        body,
-        headers,
+        status: res.status,
+        challenge: res.header("www-authenticate").map(str::to_owned),
+        body: res.text(),
+        headers: res.headers,
     }
 }
 
@@ -495,19 +491,14 @@ async fn attack_table() {
 
     // Token in the query string, with no header (scenario 51): not looked at.
     for param in ["access_token", "jwt"] {
-        let res = reqwest::Client::new()
-            .post(s.gw.at(&format!("/w/any?{param}={valid}")))
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        check(
-            &format!("?{param}="),
-            &answer(res).await,
-            UNAUTHORIZED,
-            &valid,
-        );
+        let res = write(
+            Method::POST,
+            &s.gw.at(&format!("/w/any?{param}={valid}")),
+            JSON,
+            "{}",
+        )
+        .await;
+        check(&format!("?{param}="), &answer(res), UNAUTHORIZED, &valid);
     }
 
     // Confirmed publishes are queued before the 202: the count is exact now.
@@ -647,54 +638,50 @@ async fn role_and_scope_matrix_on_write_routes() {
     );
 }
 
-fn amqp_header(d: &lapin::message::Delivery, name: &str) -> Option<String> {
-    match d.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => panic!("header {name}: unexpected {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn identity_goes_into_amqp_headers_and_forged_copies_never_do() {
     let s = setup("", "").await;
     let token = hs(&claims("alice", &["admin"], ""));
-    let client = reqwest::Client::new();
-    let res = client
-        .post(s.gw.at("/w/admin"))
-        .header("authorization", bearer(&token))
-        .header("content-type", "application/json")
-        .header("x-auth-sub", "mallory")
-        .header("X-Auth-Email", "mallory@example.com")
-        .header("x-auth-role", "root")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::POST,
+        &s.gw.at("/w/admin"),
+        &[
+            ("authorization", &bearer(&token)),
+            ("content-type", "application/json"),
+            ("x-auth-sub", "mallory"),
+            ("X-Auth-Email", "mallory@example.com"),
+            ("x-auth-role", "root"),
+        ],
+        "{}",
+    )
+    .await;
     assert_eq!(res.status(), 202);
     let d = s.queue.expect(WAIT, "the admin event").await;
-    assert_eq!(amqp_header(&d, "x-auth-sub").as_deref(), Some("alice"));
+    assert_eq!(header_str(&d, "x-auth-sub").as_deref(), Some("alice"));
     assert_eq!(
-        amqp_header(&d, "x-auth-email").as_deref(),
+        header_str(&d, "x-auth-email").as_deref(),
         Some("alice@example.com")
     );
-    assert_eq!(amqp_header(&d, "x-auth-tenant").as_deref(), Some("t-1"));
-    assert_eq!(amqp_header(&d, "x-auth-role"), None);
+    assert_eq!(header_str(&d, "x-auth-tenant").as_deref(), Some("t-1"));
+    assert_eq!(header_str(&d, "x-auth-role"), None);
     // The token itself is never copied into the event.
     let all = format!("{:?} {:?}", d.properties, String::from_utf8_lossy(&d.data));
     assert!(!all.contains(token.split('.').nth(2).unwrap()));
 
     // A public route: no identity, and forged identity headers are dropped.
-    let res = client
-        .post(s.gw.at("/w/open"))
-        .header("content-type", "application/json")
-        .header("x-auth-sub", "mallory")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::POST,
+        &s.gw.at("/w/open"),
+        &[
+            ("content-type", "application/json"),
+            ("x-auth-sub", "mallory"),
+        ],
+        "{}",
+    )
+    .await;
     assert_eq!(res.status(), 202);
     let d = s.queue.expect(WAIT, "the open event").await;
-    assert_eq!(amqp_header(&d, "x-auth-sub"), None);
+    assert_eq!(header_str(&d, "x-auth-sub"), None);
 }
 
 #[tokio::test]
@@ -863,15 +850,17 @@ async fn cors_preflight_is_answered_without_auth() {
     assert!(res.headers().get("access-control-allow-origin").is_none());
 
     // The real request without a token: 401, readable by the page (CORS headers present).
-    let res = client
-        .post(s.gw.at("/w/admin"))
-        .header("origin", "https://app.example")
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let a = answer(res).await;
+    let res = write(
+        Method::POST,
+        &s.gw.at("/w/admin"),
+        &[
+            ("origin", "https://app.example"),
+            ("content-type", "application/json"),
+        ],
+        "{}",
+    )
+    .await;
+    let a = answer(res);
     check("cross-origin without token", &a, UNAUTHORIZED, "");
     assert_eq!(
         a.headers["access-control-allow-origin"],
@@ -890,42 +879,31 @@ async fn cors_preflight_is_answered_without_auth() {
 #[tokio::test]
 async fn read_routes_enforce_the_same_rules() {
     let origin = Origin::start("users").await;
-    let extra = format!(
-        r#"
-[upstreams.users]
-targets = ["{url}"]
-
-[[routes]]
-name = "read-open"
-path = "/r/open"
-methods = ["GET", "HEAD"]
-auth = "public"
-upstream = "users"
-
-[[routes]]
-name = "read-admin"
-path = "/r/admin"
-methods = ["GET", "HEAD"]
-auth = {{ roles = ["admin"] }}
-upstream = "users"
-
-[[routes]]
-name = "read-scoped"
-path = "/r/scoped"
-methods = ["GET"]
-auth = {{ scopes = ["users:read"] }}
-upstream = "users"
-"#,
-        url = origin.url
-    );
+    let extra = [
+        upstream("users", &origin.url),
+        read_route("read-open", "/r/open", "users", ""),
+        read_route(
+            "read-admin",
+            "/r/admin",
+            "users",
+            "auth = { roles = [\"admin\"] }",
+        ),
+        read_route(
+            "read-scoped",
+            "/r/scoped",
+            "users",
+            "methods = [\"GET\"]\nauth = { scopes = [\"users:read\"] }",
+        ),
+    ]
+    .concat();
     let s = setup("", &extra).await;
-    let client = reqwest::Client::new();
     let get = async |path: &str, token: Option<&str>| {
-        let mut req = client.get(s.gw.at(path)).header("x-auth-sub", "mallory");
+        let mut headers = vec![("x-auth-sub", "mallory".to_owned())];
         if let Some(t) = token {
-            req = req.header("authorization", bearer(t));
+            headers.push(("authorization", bearer(t)));
         }
-        answer(req.send().await.unwrap()).await
+        let headers = headers.iter().map(|(k, v)| (*k, v.as_bytes()));
+        answer(support::http::send(Method::GET, &s.gw.at(path), headers).await)
     };
     let admin = hs(&claims("alice", &["admin"], "users:read"));
     let user = hs(&claims("bob", &["user"], ""));
@@ -984,21 +962,13 @@ upstream = "users"
 #[tokio::test]
 async fn read_routes_propagate_identity_and_key_private_cache_by_subject() {
     let origin = Origin::start("users").await;
-    let extra = format!(
-        r#"
-[upstreams.users]
-targets = ["{url}"]
-
-[[routes]]
-name = "me"
-path = "/me/{{*rest}}"
-methods = ["GET"]
-auth = "authenticated"
-upstream = "users"
-cache = {{ ttl = "60s" }}
-"#,
-        url = origin.url
-    );
+    let extra = upstream("users", &origin.url)
+        + &read_route(
+            "me",
+            "/me/{*rest}",
+            "users",
+            "methods = [\"GET\"]\nauth = \"authenticated\"\ncache = { ttl = \"60s\" }",
+        );
     let s = setup("", &extra).await;
     let client = reqwest::Client::new();
     let get = async |path: &str, token: &str| {

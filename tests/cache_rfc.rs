@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use lapin::ExchangeKind;
 use serde_json::json;
-use support::gateway::{read_route, upstream};
+use support::gateway::{publish_route, read_route, topic_exchange, upstream};
 use support::http::{Answer, asctime, get, imf_fixdate, now_plus, rfc850};
 use support::origin::{Reply, Seen};
 use support::poll::eventually;
@@ -903,42 +903,32 @@ async fn write_gateway(origin: &Origin) -> (TestGateway, TestQueue) {
     let url = amqp_url();
     let exchange = unique_name("cache");
     let queue = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-{upstream}
-{get_user}
-[[routes]]
-name = "put-user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-
-[[routes]]
-name = "user-action"
-path = "/users/{{id}}/actions"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.action", status = 201, location = "/users/{{id}}" }}
-"#,
-        base = base_config(&url),
-        upstream = upstream("o", &origin.url),
-        get_user = read_route("get-user", "/users/{id}", "o", TTL_ROUTE),
-    );
+    let config = [
+        base_config(&url),
+        topic_exchange(&exchange),
+        upstream("o", &origin.url),
+        read_route("get-user", "/users/{id}", "o", TTL_ROUTE),
+        publish_route(
+            "put-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]",
+        ),
+        publish_route(
+            "user-action",
+            "/users/{id}/actions",
+            &exchange,
+            "user.{id}.action",
+            "publish.status = 201\npublish.location = \"/users/{id}\"",
+        ),
+    ]
+    .concat();
     (TestGateway::start(&config).await, queue)
 }
 
-async fn write(gw: &TestGateway, method: reqwest::Method, path: &str) -> reqwest::Response {
-    support::http::client()
-        .request(method, gw.at(path))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
+async fn write(gw: &TestGateway, method: reqwest::Method, path: &str) -> Answer {
+    support::http::write(method, &gw.at(path), support::http::JSON, "{}").await
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use serde_json::json;
 use support::gateway::read_route;
 use support::http::{Answer, get, send};
 use support::origin::{Reply, Seen};
-use support::tokens::{auth_section, bearer, claims, hs};
+use support::tokens::{bearer, claims, hs};
 use support::{Origin, TestGateway};
 
 /// A read route on `/NAME/{*rest}` with a 60 s route ttl and `extra` lines.
@@ -40,14 +40,9 @@ fn cached_route(name: &str, extra: &str) -> String {
     )
 }
 
-/// A gateway in front of `origin` with `[auth]` and `routes`.
+/// A gateway with `[auth]` in front of `origin`.
 async fn gateway(origin: &Origin, server_extra: &str, routes: &str) -> TestGateway {
-    TestGateway::in_front_of(
-        &origin.url,
-        server_extra,
-        &format!("{}{routes}", auth_section("", "")),
-    )
-    .await
+    TestGateway::in_front_of_with_auth(&origin.url, server_extra, routes).await
 }
 
 /// A token for `sub` (tenant `t-1`).

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use lapin::ExchangeKind;
 use support::cluster::{Cluster, SIZE, cluster};
+use support::gateway::events_config;
 use support::load::{DrainReport, Reply, Writers, client};
-use support::{TestGateway, TestQueue, base_config, unique_name};
+use support::{TestGateway, TestQueue, unique_name};
 
 /// `amqp.confirm_timeout` of the gateway: a write the broker does not confirm within this is
 /// answered 504.
@@ -65,39 +66,14 @@ fn config(c: &Cluster, exchange: &str) -> String {
         .iter()
         .map(|u| format!("{u}?heartbeat={HEARTBEAT_SECS}"))
         .collect();
-    let first = &c.urls()[0];
-    let base = base_config(first)
-        .replacen(
-            &format!("url = \"{first}\""),
-            &format!("urls = {urls:?}"),
-            1,
-        )
-        .replacen("connections = 2", "connections = 1", 1)
-        .replacen(
-            "confirm_timeout = \"5s\"",
-            &format!("confirm_timeout = \"{}s\"", CONFIRM_TIMEOUT.as_secs()),
-            1,
-        )
-        .replacen("connect_timeout = \"2s\"", "connect_timeout = \"1s\"", 1);
-    assert!(
-        base.contains("urls = [") && base.contains("connections = 1"),
-        "base_config changed shape:\n{base}"
-    );
-    format!(
-        r#"{base}
-retry_after = "1s"
-
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "event"
-path = "/events/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "ev.{{id}}" }}
-"#
+    events_config(
+        &c.urls()[0],
+        exchange,
+        "",
+        &format!(
+            "urls = {urls:?}\nconnections = 1\nconfirm_timeout = \"{}s\"\nconnect_timeout = \"1s\"\nretry_after = \"1s\"",
+            CONFIRM_TIMEOUT.as_secs()
+        ),
     )
 }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use lapin::ExchangeKind;
 use reqwest::Method;
-use support::gateway::upstream;
+use support::gateway::{publish_route, read_route, topic_exchange, upstream};
 use support::http::{Answer, get, send_body};
 use support::nginx::{Nginx, addr_of};
 use support::origin::{Reply, Seen};
@@ -86,36 +86,23 @@ impl Exchanges {
 /// A config with cached `GET /docs/{id}` (also proxying `PUT`) and `POST /docs/{id}`
 /// published to `ex.events`; `cache` adds `[cache]` lines.
 fn config(docs: &Docs, ex: &Exchanges, cache: &str) -> String {
-    format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{events}"
-type = "topic"
-
-[cache]
-invalidation_exchange = "{invalidations}"
-{cache}
-{upstream}
-[[routes]]
-name = "doc"
-path = "/docs/{{id}}"
-methods = ["GET", "HEAD", "PUT"]
-auth = "public"
-upstream = "o"
-cache = {{ ttl = "60s" }}
-
-[[routes]]
-name = "write-doc"
-path = "/docs/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{events}", routing_key = "doc.{{id}}" }}
-"#,
-        base = base_config(&amqp_url()),
-        events = ex.events,
-        invalidations = ex.invalidations,
-        upstream = upstream("o", &docs.origin.url),
-    )
+    [
+        base_config(&amqp_url()),
+        topic_exchange(&ex.events),
+        format!(
+            "\n[cache]\ninvalidation_exchange = \"{}\"\n{cache}\n",
+            ex.invalidations
+        ),
+        upstream("o", &docs.origin.url),
+        read_route(
+            "doc",
+            "/docs/{id}",
+            "o",
+            "methods = [\"GET\", \"HEAD\", \"PUT\"]\ncache = { ttl = \"60s\" }",
+        ),
+        publish_route("write-doc", "/docs/{id}", &ex.events, "doc.{id}", ""),
+    ]
+    .concat()
 }
 
 /// A gateway on [`config`], subscribed when `cache` turns coherence on.

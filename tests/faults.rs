@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use support::gateway::{events_config, publish_route, read_route, topic_exchange, upstream};
 use support::load::{DrainReport, Reply, Writers, client, post_event, status_counts};
 use support::{Origin, PrivateNode, TestGateway, TestQueue, private_node, unique_name};
 use tokio::sync::Mutex;
@@ -72,59 +73,23 @@ impl Rig {
         let exchange = unique_name("faults");
         let other = format!("{exchange}.other");
         let url = format!("{}{url_query}", node.url());
-        let config = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-max_body_bytes = 65536
-shutdown_timeout = "5s"
-
-[amqp]
-url = "{url}"
-connections = 2
-channels_per_connection = 4
-confirm_timeout = "{confirm}ms"
-connect_timeout = "{connect}ms"
-retry_after = "1s"
-
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[amqp.exchanges]]
-name = "{other}"
-type = "topic"
-
-[upstreams.origin]
-targets = ["{origin}"]
-timeout = "2s"
-
-[[routes]]
-name = "event"
-path = "/events/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "ev.{{id}}" }}
-
-[[routes]]
-name = "other"
-path = "/other/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{other}", routing_key = "ev.{{id}}" }}
-
-[[routes]]
-name = "read"
-path = "/read/{{*rest}}"
-methods = ["GET"]
-auth = "public"
-upstream = "origin"
-"#,
-            confirm = CONFIRM_TIMEOUT.as_millis(),
-            connect = CONNECT_TIMEOUT.as_millis(),
-            origin = origin.url,
-        );
+        let config = [
+            events_config(
+                &url,
+                &exchange,
+                "",
+                &format!(
+                    "confirm_timeout = \"{}ms\"\nconnect_timeout = \"{}ms\"\nretry_after = \"1s\"",
+                    CONFIRM_TIMEOUT.as_millis(),
+                    CONNECT_TIMEOUT.as_millis(),
+                ),
+            ),
+            topic_exchange(&other),
+            upstream("origin", &origin.url),
+            publish_route("other", "/other/{id}", &other, "ev.{id}", ""),
+            read_route("read", "/read/{*rest}", "origin", "methods = [\"GET\"]"),
+        ]
+        .concat();
         let gw = TestGateway::start(&config).await;
         let queue =
             TestQueue::bind_quorum(node.url(), &exchange, Some(ExchangeKind::Topic), "ev.*").await;

@@ -15,7 +15,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lapin::ExchangeKind;
-use support::load::{DrainReport, Writers, client, status_counts};
+use support::gateway::events_config;
+use support::load::{DrainReport, Writers, status_counts};
 use support::{PrivateNode, TestGateway, TestQueue, private_node, unique_name};
 
 /// Concurrent writers.
@@ -63,62 +64,20 @@ async fn inject(node: &PrivateNode, fault: Fault) {
     }
 }
 
-async fn wait_ready(client: &reqwest::Client, gw: &TestGateway, after: Fault) -> Duration {
-    let started = Instant::now();
-    loop {
-        let url = format!("{}/readyz", gw.admin_url);
-        if let Ok(r) = client.get(&url).send().await
-            && r.status() == 200
-        {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < RECOVERY,
-            "gateway not ready {RECOVERY:?} after {after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn no_accepted_write_is_lost_across_broker_restarts_and_killed_connections() {
     let node = private_node().await;
     let exchange = unique_name("drain");
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-max_body_bytes = 65536
-shutdown_timeout = "5s"
-
-[amqp]
-url = "{url}"
-connections = 2
-channels_per_connection = 4
-confirm_timeout = "3s"
-connect_timeout = "1s"
-retry_after = "1s"
-
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "event"
-path = "/events/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "ev.{{id}}" }}
-"#,
-        url = node.url(),
+    let config = events_config(
+        node.url(),
+        &exchange,
+        "",
+        "confirm_timeout = \"3s\"\nconnect_timeout = \"1s\"\nretry_after = \"1s\"",
     );
     let gw = TestGateway::start(&config).await;
     // Bound before the load; a quorum queue, as write routes should target.
     let queue =
         TestQueue::bind_quorum(node.url(), &exchange, Some(ExchangeKind::Topic), "ev.*").await;
-    let client = client();
-
     let gw_url = gw.url.clone();
     let writers = Writers::start(CLIENTS, "drain", PAUSE, move |c, _| {
         format!("{gw_url}/events/c{c}")
@@ -138,7 +97,7 @@ publish = {{ exchange = "{exchange}", routing_key = "ev.{{id}}" }}
         let t = Instant::now();
         inject(node, fault).await;
         let injected = t.elapsed();
-        let ready = wait_ready(&client, &gw, fault).await;
+        let ready = gw.ready_within(RECOVERY, &format!("{fault:?}")).await;
         tokio::time::sleep(STEADY).await;
         // Progress: writes are accepted again after every fault.
         let replies = writers.ledger.replies();

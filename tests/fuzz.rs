@@ -12,9 +12,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use lapin::ExchangeKind;
-use lapin::types::AMQPValue;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use support::amqp::header_str;
+use support::gateway::{publish_route, topic_exchange};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 
 #[derive(Debug, Clone)]
@@ -72,19 +73,16 @@ async fn arbitrary_requests_become_exact_events_or_clean_errors() {
     let exchange = unique_name("fuzz");
     let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
     let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "fuzz"
-path = "/f/{{id}}"
-methods = ["POST", "PUT", "PATCH", "DELETE"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "fz.{{id}}.evt" }}
-"#,
-        base = base_config(&url),
+        "{}{}{}",
+        base_config(&url),
+        topic_exchange(&exchange),
+        publish_route(
+            "fuzz",
+            "/f/{id}",
+            &exchange,
+            "fz.{id}.evt",
+            "methods = [\"POST\", \"PUT\", \"PATCH\", \"DELETE\"]",
+        ),
     );
     let gw = TestGateway::start(&config).await;
     let client = reqwest::Client::new();
@@ -161,13 +159,7 @@ publish = {{ exchange = "{exchange}", routing_key = "fz.{{id}}.evt" }}
                     d.properties.message_id().as_ref().map(|m| m.as_str()),
                     body["event_id"].as_str()
                 );
-                let headers = d.properties.headers().as_ref().unwrap().inner();
-                let method = match headers.get("x-http-method") {
-                    Some(AMQPValue::LongString(s)) => {
-                        String::from_utf8_lossy(s.as_bytes()).into_owned()
-                    }
-                    other => panic!("x-http-method: {other:?}"),
-                };
+                let method = header_str(&d, "x-http-method").expect("x-http-method");
                 prop_assert_eq!(method, case.method);
                 Ok(())
             })

@@ -6,6 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lapin::ExchangeKind;
+use support::amqp::header;
+use support::gateway::{base_config_with, no_broker, publish_route, read_route, topic_exchange};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,20 +15,13 @@ use tokio::net::TcpStream;
 /// A gateway with one write route on `exchange` and tight protocol limits.
 async fn gateway(url: &str, exchange: &str, ready: bool) -> TestGateway {
     let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "write"
-path = "/w/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "w.{{id}}" }}
-"#,
-        base = base_config(url)
-            .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"5s\"\nshutdown_delay = \"300ms\"\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"500ms\"\nmax_header_bytes = 8192\nmax_headers = 20"),
+        "{}{}{}",
+        base_config_with(
+            url,
+            "shutdown_delay = \"300ms\"\nheader_read_timeout = \"500ms\"\nbody_read_timeout = \"500ms\"\nmax_header_bytes = 8192\nmax_headers = 20",
+        ),
+        topic_exchange(exchange),
+        publish_route("write", "/w/{id}", exchange, "w.{id}", ""),
     );
     if ready {
         TestGateway::start(&config).await
@@ -53,10 +48,6 @@ fn statuses(response: &str) -> Vec<u16> {
         .match_indices("HTTP/1.1 ")
         .filter_map(|(i, _)| response[i + 9..i + 12].parse().ok())
         .collect()
-}
-
-fn no_broker() -> String {
-    format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port())
 }
 
 #[tokio::test]
@@ -132,8 +123,9 @@ async fn oversized_heads_get_431_and_414() {
 #[tokio::test]
 async fn the_default_header_count_limit_is_100() {
     let config = format!(
-        "{}\n[[routes]]\nname = \"write\"\npath = \"/w/{{id}}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"\", routing_key = \"w\" }}\n",
-        base_config(&no_broker())
+        "{}{}",
+        base_config(&no_broker()),
+        publish_route("write", "/w/{id}", "", "w", "")
     );
     let gw = TestGateway::start_unready(&config).await;
     let head = |n: usize| {
@@ -319,8 +311,11 @@ fn as_backend_reads(name: &str) -> String {
 /// A public route on `/r/{*rest}` taking GET, HEAD and POST, proxied to upstream `o` with the
 /// request path as it is; `extra` adds lines (`cache = ...`).
 fn proxy_route(extra: &str) -> String {
-    format!(
-        "\n[[routes]]\nname = \"r\"\npath = \"/r/{{*rest}}\"\nmethods = [\"GET\", \"HEAD\", \"POST\"]\nupstream = \"o\"\nauth = \"public\"\n{extra}\n"
+    read_route(
+        "r",
+        "/r/{*rest}",
+        "o",
+        &format!("methods = [\"GET\", \"HEAD\", \"POST\"]\n{extra}"),
     )
 }
 
@@ -448,13 +443,19 @@ async fn raw_request(gw: &TestGateway, method: &str, path: &str) -> (u16, String
 async fn paths_a_backend_could_read_differently_are_400_on_every_kind_of_route() {
     let origin = support::Origin::scripted("o", |_| support::origin::Reply::ok()).await;
     let config = format!(
-        "{base}\n[[amqp.exchanges]]\nname = \"w\"\ntype = \"topic\"\n{upstream}{reads}{rewritten}{publish}",
+        "{base}{exchange}{upstream}{reads}{rewritten}{publish}",
         base = base_config(&no_broker()),
+        exchange = topic_exchange("w"),
         upstream = support::gateway::upstream("o", &origin.url),
         // Reads and proxied writes, the request path sent as it is.
         reads = proxy_route(""),
-        rewritten = "\n[[routes]]\nname = \"t\"\npath = \"/t/{*rest}\"\nmethods = [\"GET\"]\nupstream = \"o\"\nupstream_path = \"/u/{rest}\"\nauth = \"public\"\n",
-        publish = "\n[[routes]]\nname = \"w\"\npath = \"/w/{*rest}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = { exchange = \"w\", routing_key = \"w\" }\n",
+        rewritten = read_route(
+            "t",
+            "/t/{*rest}",
+            "o",
+            "methods = [\"GET\"]\nupstream_path = \"/u/{rest}\"",
+        ),
+        publish = publish_route("w", "/w/{*rest}", "w", "w", ""),
     );
     let gw = TestGateway::start_unready(&config).await;
 
@@ -490,8 +491,10 @@ async fn paths_a_backend_could_read_differently_are_400_on_every_kind_of_route()
 #[tokio::test]
 async fn a_content_type_over_255_bytes_is_415_not_500() {
     let config = format!(
-        "{}\n[[amqp.exchanges]]\nname = \"w\"\ntype = \"topic\"\n\n[[routes]]\nname = \"w\"\npath = \"/w\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"w\", routing_key = \"w\" }}\n",
-        base_config(&no_broker())
+        "{}{}{}",
+        base_config(&no_broker()),
+        topic_exchange("w"),
+        publish_route("w", "/w", "w", "w", "")
     );
     let gw = TestGateway::start_unready(&config).await;
     let post = |content_type: String| {
@@ -527,8 +530,10 @@ async fn path_parameters_copied_into_headers_are_routing_key_words() {
     let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
     // `note` is not in the routing key, only in the `x-param-note` header.
     let config = format!(
-        "{}\n[[amqp.exchanges]]\nname = \"{exchange}\"\ntype = \"topic\"\n\n[[routes]]\nname = \"p\"\npath = \"/p/{{id}}/{{note}}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"{exchange}\", routing_key = \"p.{{id}}\" }}\n",
-        base_config(&url)
+        "{}{}{}",
+        base_config(&url),
+        topic_exchange(&exchange),
+        publish_route("p", "/p/{id}/{note}", &exchange, "p.{id}", "")
     );
     let gw = TestGateway::start(&config).await;
     let post = |path: String| {
@@ -553,11 +558,7 @@ async fn path_parameters_copied_into_headers_are_routing_key_words() {
     assert_eq!(answer.status, 202, "{}", answer.text());
     let got = q.drain(Duration::from_millis(300)).await;
     assert_eq!(got.len(), 1, "only the valid request was published");
-    let note = got[0]
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-param-note").cloned());
+    let note = header(&got[0], "x-param-note").cloned();
     assert_eq!(
         note,
         Some(lapin::types::AMQPValue::LongString("fine".into()))

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use lapin::ExchangeKind;
+use support::gateway::{base_config_full, publish_route, topic_exchange};
 use support::process::GatewayProcess;
 use support::{TestQueue, amqp_url, unique_name};
 
@@ -15,29 +16,22 @@ async fn json_access_logs_carry_request_id_route_status_latency_and_no_secrets()
     let url = amqp_url();
     let exchange = unique_name("logs");
     let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
-    let config = format!(
-        r#"
-[server]
-listen = "{{listen}}"
-admin_listen = "{{admin}}"
-
-[amqp]
-url = "{url}"
-connections = 1
-channels_per_connection = 2
-
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "write"
-path = "/w/{{id}}"
-methods = ["PUT"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "w.{{id}}" }}
-"#
-    );
+    let config = [
+        base_config_full(
+            &url,
+            "listen = \"{listen}\"\nadmin_listen = \"{admin}\"",
+            "connections = 1\nchannels_per_connection = 2",
+        ),
+        topic_exchange(&exchange),
+        publish_route(
+            "write",
+            "/w/{id}",
+            &exchange,
+            "w.{id}",
+            "methods = [\"PUT\"]",
+        ),
+    ]
+    .concat();
     let mut gw = GatewayProcess::start_with(&config, &["--log-format", "json"]).await;
     let client = reqwest::Client::new();
     let res = client

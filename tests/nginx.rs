@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lapin::ExchangeKind;
+use support::gateway::{events_config, read_route, upstream};
 use support::load::{DrainReport, Writers, client, post_event};
 use support::nginx::{DEPLOY_CONF, Nginx, addr_of, upstream_keepalive_timeout};
 use support::process::GatewayProcess;
@@ -37,49 +38,20 @@ fn config(
     admin: &str,
     shutdown_delay: Duration,
 ) -> String {
-    format!(
-        r#"
-[server]
-listen = "{listen}"
-admin_listen = "{admin}"
-max_body_bytes = 65536
-shutdown_timeout = "10s"
-shutdown_delay = "{delay}ms"
-trusted_proxies = ["127.0.0.1/32"]
-
-[amqp]
-url = "{url}"
-connections = 1
-channels_per_connection = 4
-confirm_timeout = "5s"
-connect_timeout = "2s"
-
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[upstreams.origin]
-targets = ["{origin}"]
-timeout = "2s"
-
-[[routes]]
-name = "event"
-path = "/events/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "ev.{{id}}" }}
-
-[[routes]]
-name = "read"
-path = "/read/{{*rest}}"
-methods = ["GET"]
-auth = "public"
-upstream = "origin"
-"#,
-        url = amqp_url(),
-        origin = origin.url,
-        delay = shutdown_delay.as_millis(),
-    )
+    [
+        events_config(
+            &amqp_url(),
+            exchange,
+            &format!(
+                "listen = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_timeout = \"10s\"\nshutdown_delay = \"{}ms\"\ntrusted_proxies = [\"127.0.0.1/32\"]",
+                shutdown_delay.as_millis()
+            ),
+            "connections = 1",
+        ),
+        upstream("origin", &origin.url),
+        read_route("read", "/read/{*rest}", "origin", "methods = [\"GET\"]"),
+    ]
+    .concat()
 }
 
 /// GET loops through nginx until stopped; returns (status, path) of every read.

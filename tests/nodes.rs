@@ -129,14 +129,14 @@ async fn a_dead_node_is_skipped_and_writes_are_confirmed_on_the_live_one() {
         async || slot_nodes(&gw).await == [Some(live.clone()), Some(live.clone())],
     )
     .await;
-    let status = support::http::client()
-        .post(gw.at("/orders"))
-        .header("content-type", "application/json")
-        .body(r#"{"order":1}"#)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = support::http::write(
+        reqwest::Method::POST,
+        &gw.at("/orders"),
+        support::http::JSON,
+        r#"{"order":1}"#,
+    )
+    .await
+    .status();
     assert_eq!(status, 202);
     assert_eq!(
         queue.expect(Duration::from_secs(5), "the order").await.data,

@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use lapin::ExchangeKind;
 use lapin::types::AMQPValue;
+use reqwest::Method;
 use reqwest::StatusCode;
+use support::amqp::{header, header_str, short};
+use support::gateway::{no_broker, publish_route, read_route, topic_exchange, upstream};
+use support::http::{JSON, write};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -19,62 +23,40 @@ const QUIET: Duration = Duration::from_millis(300);
 /// A gateway with one topic exchange (unique per test) and the usual write routes on it.
 async fn gateway_with_exchange() -> (TestGateway, String) {
     let exchange = unique_name("users");
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "update-user"
-path = "/users/{{id}}"
-methods = ["PUT", "PATCH"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-
-[[routes]]
-name = "create-user"
-path = "/users"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.created", status = 201, location = "/users/{{event_id}}" }}
-
-[[routes]]
-name = "delete-user"
-path = "/users/{{id}}"
-methods = ["DELETE"]
-auth = "public"
-[routes.publish]
-exchange = "{exchange}"
-routing_key = "user.{{id}}.deleted"
-properties = {{ type = "UserDeleted", priority = 3 }}
-headers = {{ "x-schema-version" = "2" }}
-
-[[routes]]
-name = "upload-note"
-path = "/notes/{{id}}"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "note.{{id}}", content_types = ["text/plain", "application/json"] }}
-"#,
-        base = base_config(&amqp_url()),
-    );
+    let config = [
+        base_config(&amqp_url()),
+        topic_exchange(&exchange),
+        publish_route(
+            "update-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\", \"PATCH\"]",
+        ),
+        publish_route(
+            "create-user",
+            "/users",
+            &exchange,
+            "user.created",
+            "publish.status = 201\npublish.location = \"/users/{event_id}\"",
+        ),
+        publish_route(
+            "delete-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.deleted",
+            "methods = [\"DELETE\"]\npublish.properties = { type = \"UserDeleted\", priority = 3 }\npublish.headers = { \"x-schema-version\" = \"2\" }",
+        ),
+        publish_route(
+            "upload-note",
+            "/notes/{id}",
+            &exchange,
+            "note.{id}",
+            "publish.content_types = [\"text/plain\", \"application/json\"]",
+        ),
+    ]
+    .concat();
     (TestGateway::start(&config).await, exchange)
-}
-
-fn header<'a>(d: &'a lapin::message::Delivery, name: &str) -> Option<&'a AMQPValue> {
-    d.properties.headers().as_ref()?.inner().get(name)
-}
-
-fn header_str(d: &lapin::message::Delivery, name: &str) -> Option<String> {
-    match header(d, name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        other => panic!("header {name} has unexpected type {other:?}"),
-    }
-}
-
-fn short(s: &Option<lapin::types::ShortString>) -> Option<&str> {
-    s.as_ref().map(|s| s.as_str())
 }
 
 #[tokio::test]
@@ -87,25 +69,26 @@ async fn put_publishes_a_persistent_event_with_every_contract_property() {
         "user.*.updated",
     )
     .await;
-    let client = reqwest::Client::new();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let res = client
-        .put(gw.at("/users/42"))
-        .header("content-type", "application/json; charset=utf-8")
-        .header("x-request-id", "req-abc-123")
-        .header("traceparent", traceparent)
-        .header("x-evil", "must-not-be-copied")
-        .body(r#"{"name":"Ada"}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/42"),
+        &[
+            ("content-type", "application/json; charset=utf-8"),
+            ("x-request-id", "req-abc-123"),
+            ("traceparent", traceparent),
+            ("x-evil", "must-not-be-copied"),
+        ],
+        r#"{"name":"Ada"}"#,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     assert_eq!(res.headers()["x-request-id"], "req-abc-123");
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["status"], "accepted");
     let event_id = body["event_id"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -161,16 +144,10 @@ async fn post_create_route_answers_201_with_location() {
         "user.created",
     )
     .await;
-    let res = reqwest::Client::new()
-        .post(gw.at("/users"))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"Grace"}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::POST, &gw.at("/users"), JSON, r#"{"name":"Grace"}"#).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let location = res.headers()["location"].to_str().unwrap().to_owned();
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     let event_id = body["event_id"].as_str().unwrap();
     assert_eq!(location, format!("/users/{event_id}"));
     let d = q.expect(WAIT, "the POST event").await;
@@ -179,17 +156,27 @@ async fn post_create_route_answers_201_with_location() {
         d.properties.correlation_id().is_some(),
         "a request id is generated when absent"
     );
-    let metrics = reqwest::get(format!("{}/metrics", gw.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = || async {
+        reqwest::get(format!("{}/metrics", gw.admin_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Readiness needs one channel; the other seven open meanwhile (under load, after the
+    // first publish): wait for them rather than race them.
+    support::poll::eventually(WAIT, "all 8 channels ready", async || {
+        metrics()
+            .await
+            .contains("gateway_amqp_channels{state=\"ready\"} 8")
+    })
+    .await;
+    let metrics = metrics().await;
     for line in [
         "gateway_publishes_total{route=\"create-user\",outcome=\"acked\"} 1",
         "gateway_http_requests_total{route=\"create-user\",method=\"POST\",status=\"201\"} 1",
         "gateway_publish_confirm_duration_seconds_count 1",
-        "gateway_amqp_channels{state=\"ready\"} 8",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
@@ -219,17 +206,11 @@ async fn unroutable_event_is_503_and_nothing_is_queued() {
     let (gw, exchange) = gateway_with_exchange().await;
     // Bound, but to another key: the broker has nowhere to put user.9.updated.
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "other.#").await;
-    let res = reqwest::Client::new()
-        .put(gw.at("/users/9"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::PUT, &gw.at("/users/9"), JSON, "{}").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["type"], "urn:amqp-gateway:problem:no-route");
     assert!(q.next(QUIET).await.is_none());
     assert_eq!(q.count().await, 0);
@@ -267,16 +248,10 @@ async fn nacked_event_is_503_and_not_accepted() {
     )
     .await
     .unwrap();
-    let res = reqwest::Client::new()
-        .patch(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::PATCH, &gw.at("/users/1"), JSON, "{}").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers().contains_key("retry-after"));
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["type"], "urn:amqp-gateway:problem:nacked");
 }
 
@@ -284,7 +259,6 @@ async fn nacked_event_is_503_and_not_accepted() {
 async fn routing_key_injection_is_rejected_before_publishing() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
-    let client = reqwest::Client::new();
     let long = "a".repeat(250);
     for id in [
         "123.refunded",
@@ -295,13 +269,7 @@ async fn routing_key_injection_is_rejected_before_publishing() {
         "a%0Ab",
         long.as_str(),
     ] {
-        let res = client
-            .put(gw.at(&format!("/users/{id}")))
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
+        let res = write(Method::PUT, &gw.at(&format!("/users/{id}")), JSON, "{}").await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "id {id:?}");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
     }
@@ -361,23 +329,25 @@ async fn bad_bodies_are_rejected_and_nothing_is_queued() {
     // Chunked (no Content-Length) over the limit is cut off too.
     let chunks =
         futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b' '; 4096])));
-    let res = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(chunks))
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/1"),
+        JSON,
+        reqwest::Body::wrap_stream(chunks),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Unknown encodings are refused.
-    let res = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "br")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/1"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ],
+        "{}",
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(q.next(QUIET).await.is_none(), "nothing may be published");
 }
@@ -392,16 +362,17 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
-    let client = reqwest::Client::new();
     let json = br#"{"name":"Zipped","tags":["a","b"]}"#;
-    let res = client
-        .put(gw.at("/users/5"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(gzip(json))
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/5"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        gzip(json),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let d = q.expect(WAIT, "the gzip event").await;
     assert_eq!(d.data, json);
@@ -409,23 +380,27 @@ async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
     // 64 KiB + 1 decoded from a few hundred bytes: over the limit after decoding.
     let mut big = vec![b' '; 65537];
     big[0] = b'1';
-    let res = client
-        .put(gw.at("/users/5"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(gzip(&big))
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/5"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        gzip(&big),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let res = client
-        .put(gw.at("/users/5"))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(b"not gzip at all".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::PUT,
+        &gw.at("/users/5"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        b"not gzip at all".to_vec(),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(q.next(QUIET).await.is_none());
 }
@@ -434,33 +409,16 @@ async fn gzip_bodies_are_published_decoded_and_bombs_are_refused() {
 async fn idempotency_key_gives_the_same_message_id_per_route() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
-    let client = reqwest::Client::new();
-    let send = |path: &'static str, key: &'static str| {
-        client
-            .put(gw.at(path))
-            .header("content-type", "application/json")
-            .header("idempotency-key", key)
-            .body("{}")
-            .send()
+    let send = async |path: &str, key: &str| {
+        let headers = [
+            ("content-type", "application/json"),
+            ("idempotency-key", key),
+        ];
+        write(Method::PUT, &gw.at(path), &headers, "{}").await
     };
-    let a = send("/users/1", "key-1")
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    let b = send("/users/1", "key-1")
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
-    let c = send("/users/1", "key-2")
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap();
+    let a = send("/users/1", "key-1").await.json();
+    let b = send("/users/1", "key-1").await.json();
+    let c = send("/users/1", "key-2").await.json();
     assert_eq!(a["event_id"], b["event_id"]);
     assert_ne!(a["event_id"], c["event_id"]);
     let ids: Vec<String> = q
@@ -477,14 +435,16 @@ async fn idempotency_key_gives_the_same_message_id_per_route() {
     assert_eq!(ids[0], a["event_id"].as_str().unwrap());
     assert_eq!(ids[0], ids[1]);
     assert_ne!(ids[0], ids[2]);
-    let bad = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .header("idempotency-key", "x".repeat(256))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let bad = write(
+        Method::PUT,
+        &gw.at("/users/1"),
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", &"x".repeat(256)),
+        ],
+        "{}",
+    )
+    .await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -580,13 +540,13 @@ async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
 async fn non_json_media_types_are_published_as_sent() {
     let (gw, exchange) = gateway_with_exchange().await;
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "note.*").await;
-    let res = reqwest::Client::new()
-        .post(gw.at("/notes/n1"))
-        .header("content-type", "text/plain")
-        .body("remember the milk")
-        .send()
-        .await
-        .unwrap();
+    let res = write(
+        Method::POST,
+        &gw.at("/notes/n1"),
+        &[("content-type", "text/plain")],
+        "remember the milk",
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let d = q.expect(WAIT, "the note").await;
     assert_eq!(d.data, b"remember the milk");
@@ -597,26 +557,9 @@ async fn non_json_media_types_are_published_as_sent() {
 async fn default_exchange_publishes_to_the_named_queue() {
     let url = amqp_url();
     let q = TestQueue::bind(&url, "", None, "").await;
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "jobs"
-path = "/jobs"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "", routing_key = "{queue}" }}
-"#,
-        base = base_config(&url),
-        queue = q.name,
-    );
+    let config = base_config(&url) + &publish_route("jobs", "/jobs", "", &q.name, "");
     let gw = TestGateway::start(&config).await;
-    let res = reqwest::Client::new()
-        .post(gw.at("/jobs"))
-        .header("content-type", "application/json")
-        .body(r#"{"job":1}"#)
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::POST, &gw.at("/jobs"), JSON, r#"{"job":1}"#).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let d = q.expect(WAIT, "the job").await;
     assert_eq!(d.data, br#"{"job":1}"#);
@@ -625,18 +568,7 @@ publish = {{ exchange = "", routing_key = "{queue}" }}
 #[tokio::test]
 async fn unreachable_broker_means_not_ready_and_503() {
     // A port nothing listens on: connects are refused.
-    let port = support::free_port();
-    let config = format!(
-        r#"{base}
-[[routes]]
-name = "jobs"
-path = "/jobs"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "", routing_key = "jobs" }}
-"#,
-        base = base_config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
-    );
+    let config = base_config(&no_broker()) + &publish_route("jobs", "/jobs", "", "jobs", "");
     let gw = TestGateway::start_unready(&config).await;
     let client = reqwest::Client::new();
     let health = client
@@ -652,20 +584,14 @@ publish = {{ exchange = "", routing_key = "jobs" }}
         .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let started = std::time::Instant::now();
-    let res = client
-        .post(gw.at("/jobs"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let res = write(Method::POST, &gw.at("/jobs"), JSON, "{}").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "fails fast, no waiting on the broker"
     );
     assert_eq!(res.headers()["retry-after"], "1");
-    let body: serde_json::Value = res.json().await.unwrap();
+    let body: serde_json::Value = res.json();
     assert_eq!(body["type"], "urn:amqp-gateway:problem:broker-unavailable");
     gw.shutdown().await;
 }
@@ -676,33 +602,25 @@ async fn an_accepted_write_invalidates_the_cached_read_of_that_path() {
     let origin = support::Origin::start("o").await;
     let exchange = unique_name("inv");
     let q = TestQueue::bind(&url, &exchange, Some(ExchangeKind::Topic), "#").await;
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[upstreams.users]
-targets = ["{origin}"]
-
-[[routes]]
-name = "get-user"
-path = "/users/{{id}}"
-methods = ["GET"]
-auth = "public"
-upstream = "users"
-cache = {{ ttl = "60s" }}
-
-[[routes]]
-name = "put-user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-"#,
-        base = base_config(&url),
-        origin = origin.url,
-    );
+    let config = [
+        base_config(&url),
+        topic_exchange(&exchange),
+        upstream("users", &origin.url),
+        read_route(
+            "get-user",
+            "/users/{id}",
+            "users",
+            "methods = [\"GET\"]\ncache = { ttl = \"60s\" }",
+        ),
+        publish_route(
+            "put-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]",
+        ),
+    ]
+    .concat();
     let gw = TestGateway::start(&config).await;
     let client = reqwest::Client::new();
     let x_cache = |r: &reqwest::Response| r.headers()["x-cache"].to_str().unwrap().to_owned();
@@ -712,13 +630,7 @@ publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
     assert_eq!(x_cache(&r), "HIT");
     let other = client.get(gw.at("/users/2")).send().await.unwrap();
     assert_eq!(x_cache(&other), "MISS");
-    let w = client
-        .put(gw.at("/users/1"))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let w = write(Method::PUT, &gw.at("/users/1"), JSON, "{}").await;
     assert_eq!(w.status(), StatusCode::ACCEPTED);
     q.expect(WAIT, "the write").await;
     let r = client.get(gw.at("/users/1")).send().await.unwrap();
@@ -798,22 +710,19 @@ async fn an_idempotency_key_reused_with_another_body_is_422_and_nothing_is_publi
 async fn idempotency_keys_are_scoped_by_path_and_subject() {
     use support::tokens::{auth_section, claims, hs};
     let exchange = unique_name("scoped");
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-{auth}
-[[routes]]
-name = "update-user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "authenticated"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated" }}
-"#,
-        base = base_config(&amqp_url()),
-        auth = auth_section("", ""),
-    );
+    let config = [
+        base_config(&amqp_url()),
+        topic_exchange(&exchange),
+        auth_section("", ""),
+        publish_route(
+            "update-user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]\nauth = \"authenticated\"",
+        ),
+    ]
+    .concat();
     let q = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
     let gw = TestGateway::start(&config).await;
     let alice = hs(&claims("alice", &[], ""));
@@ -897,38 +806,26 @@ async fn cloudevents_routes_publish_binary_mode_events_an_sdk_reads() {
     use cloudevents::message::BinaryDeserializer;
 
     let exchange = unique_name("ce");
-    let config = format!(
-        r#"{base}
-[[amqp.exchanges]]
-name = "{exchange}"
-type = "topic"
-
-[[routes]]
-name = "update user"
-path = "/users/{{id}}"
-methods = ["PUT"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "user.{{id}}.updated", cloudevents = true }}
-
-[[routes]]
-name = "create-order"
-path = "/orders"
-methods = ["POST"]
-auth = "public"
-[routes.publish]
-exchange = "{exchange}"
-routing_key = "order.created"
-cloudevents = {{ source = "https://shop.example.com/orders", type = "com.example.order.created" }}
-
-[[routes]]
-name = "plain"
-path = "/plain"
-methods = ["POST"]
-auth = "public"
-publish = {{ exchange = "{exchange}", routing_key = "plain" }}
-"#,
-        base = base_config(&amqp_url()),
-    );
+    let config = [
+        base_config(&amqp_url()),
+        topic_exchange(&exchange),
+        publish_route(
+            "update user",
+            "/users/{id}",
+            &exchange,
+            "user.{id}.updated",
+            "methods = [\"PUT\"]\npublish.cloudevents = true",
+        ),
+        publish_route(
+            "create-order",
+            "/orders",
+            &exchange,
+            "order.created",
+            "publish.cloudevents = { source = \"https://shop.example.com/orders\", type = \"com.example.order.created\" }",
+        ),
+        publish_route("plain", "/plain", &exchange, "plain", ""),
+    ]
+    .concat();
     let gw = TestGateway::start(&config).await;
     let queue = TestQueue::bind(&amqp_url(), &exchange, Some(ExchangeKind::Topic), "#").await;
     let client = reqwest::Client::new();

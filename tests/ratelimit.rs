@@ -55,12 +55,7 @@ fn limited_route(name: &str, auth: &str, limits: &str) -> String {
 
 /// A gateway with `[auth]` in front of `origin`.
 async fn gateway(origin: &Origin, server_extra: &str, routes: &str) -> TestGateway {
-    TestGateway::in_front_of(
-        &origin.url,
-        server_extra,
-        &format!("{}{routes}", auth_section("", "")),
-    )
-    .await
+    TestGateway::in_front_of_with_auth(&origin.url, server_extra, routes).await
 }
 
 /// `Retry-After` as seconds.

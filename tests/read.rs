@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
+use support::gateway::{no_broker, read_route};
 use support::{Origin, TestGateway, base_config};
 
 fn client() -> reqwest::Client {
@@ -19,10 +20,11 @@ fn client() -> reqwest::Client {
 
 /// A gateway with the standard read routes over `targets`; no broker.
 async fn gateway(targets: &[&Origin], extra: &str) -> TestGateway {
-    let broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", support::free_port());
     let targets: Vec<String> = targets.iter().map(|o| format!("\"{}\"", o.url)).collect();
-    let config = format!(
-        r#"{base}
+    let config = [
+        base_config(&no_broker()),
+        format!(
+            r#"
 [upstreams.users]
 targets = [{targets}]
 timeout = "1s"
@@ -32,43 +34,36 @@ fail_timeout = "30s"
 [cache]
 max_bytes = 8388608
 max_object_bytes = 262144
-
-[[routes]]
-name = "get-user"
-path = "/users/{{id}}"
-methods = ["GET", "HEAD"]
-auth = "public"
-upstream = "users"
-upstream_path = "/api/users/{{id}}"
-
-[[routes]]
-name = "catalog"
-path = "/catalog/{{*rest}}"
-methods = ["GET"]
-auth = "public"
-upstream = "users"
-
-[[routes]]
-name = "cached"
-path = "/cached/{{*rest}}"
-methods = ["GET", "HEAD"]
-auth = "public"
-upstream = "users"
-cache = {{ ttl = "60s" }}
-
-[[routes]]
-name = "plain"
-path = "/plain/{{*rest}}"
-methods = ["GET"]
-auth = "public"
-upstream = "users"
-etag = false
-compress = "never"
-{extra}
 "#,
-        base = base_config(&broker),
-        targets = targets.join(", "),
-    );
+            targets = targets.join(", "),
+        ),
+        read_route(
+            "get-user",
+            "/users/{id}",
+            "users",
+            "upstream_path = \"/api/users/{id}\"",
+        ),
+        read_route(
+            "catalog",
+            "/catalog/{*rest}",
+            "users",
+            "methods = [\"GET\"]",
+        ),
+        read_route(
+            "cached",
+            "/cached/{*rest}",
+            "users",
+            "cache = { ttl = \"60s\" }",
+        ),
+        read_route(
+            "plain",
+            "/plain/{*rest}",
+            "users",
+            "methods = [\"GET\"]\netag = false\ncompress = \"never\"",
+        ),
+        extra.to_owned(),
+    ]
+    .concat();
     TestGateway::start_unready(&config).await
 }
 
@@ -563,17 +558,13 @@ async fn concurrent_misses_make_one_upstream_request() {
 #[tokio::test]
 async fn one_user_never_receives_another_users_cached_body() {
     let origin = Origin::start("a").await;
-    let extra = r#"
-[[routes]]
-name = "me"
-path = "/me/{*rest}"
-methods = ["GET"]
-auth = "public"
-upstream = "users"
-forward_authorization = true
-cache = { ttl = "60s" }
-"#;
-    let gw = gateway(&[&origin], extra).await;
+    let extra = read_route(
+        "me",
+        "/me/{*rest}",
+        "users",
+        "methods = [\"GET\"]\nforward_authorization = true\ncache = { ttl = \"60s\" }",
+    );
+    let gw = gateway(&[&origin], &extra).await;
     let c = client();
     let url = gw.at("/me/profile?cc=max-age%3D60");
     let (_, ha, a) = get(&c, &url, &[("authorization", "Bearer user-a")]).await;

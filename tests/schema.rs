@@ -10,9 +10,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lapin::ExchangeKind;
+use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::gateway::{publish_route, topic_exchange};
+use support::http::{Answer, JSON, write};
 use support::{TestGateway, TestQueue, amqp_url, base_config, unique_name};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -99,21 +101,15 @@ async fn setup(dir: &SchemaDir, schema: &Value) -> (TestGateway, TestQueue) {
     (gw, q)
 }
 
-async fn post(gw: &TestGateway, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(gw.at(path))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+async fn post(gw: &TestGateway, path: &str, body: impl Into<reqwest::Body>) -> Answer {
+    write(Method::POST, &gw.at(path), JSON, body).await
 }
 
 /// Status, problem `type`, and the body as text (to look for echoed values) and as JSON.
-async fn answer(res: reqwest::Response) -> (StatusCode, String, Value) {
+async fn answer(res: Answer) -> (StatusCode, String, Value) {
     let status = res.status();
     let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
-    let text = res.text().await.unwrap();
+    let text = res.text();
     let body: Value = serde_json::from_str(&text).unwrap();
     if !status.is_success() {
         assert_eq!(content_type, "application/problem+json", "{text}");

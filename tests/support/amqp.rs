@@ -1,6 +1,6 @@
 //! Owns the AMQP side of test assertions: [`TestQueue`], a uniquely named
 //! queue bound to an exchange, from which tests read what the gateway
-//! published.
+//! published, and what a delivery carries ([`header`], [`header_str`], [`short`]).
 //!
 //! Messages are fetched with `basic.get` (auto-ack) polled every 10-50 ms
 //! inside a deadline, never with fixed sleeps. Because nothing consumes in
@@ -27,7 +27,7 @@ use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions, QueuePurgeOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -47,6 +47,25 @@ async fn op<T, E: std::fmt::Display>(
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => Err(format!("{what}: no reply within {OP_TIMEOUT:?}")),
     }
+}
+
+/// The AMQP header `name` of `d`, as published; `None` when absent.
+pub fn header<'a>(d: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    d.properties.headers().as_ref()?.inner().get(name)
+}
+
+/// The AMQP header `name` of `d` as text (the gateway sends text headers as long strings);
+/// `None` when absent, a panic when it has another type.
+pub fn header_str(d: &Delivery, name: &str) -> Option<String> {
+    match header(d, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        other => panic!("header {name} has unexpected type {other:?}"),
+    }
+}
+
+/// A short-string property (`content_type`, `message_id`, `kind`, ...) as `&str`.
+pub fn short(s: &Option<ShortString>) -> Option<&str> {
+    s.as_ref().map(|s| s.as_str())
 }
 
 /// A queue private to one test, bound to an exchange, read with deadlines.

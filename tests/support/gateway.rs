@@ -15,44 +15,88 @@ use tokio::time::Instant;
 
 /// `[server]` and `[amqp]` for a test config; routes and exchanges are appended by the test.
 pub fn base_config(amqp_url: &str) -> String {
-    base_config_with(amqp_url, "")
+    base_config_full(amqp_url, "", "")
 }
 
-/// [`base_config`] with `server_extra` lines added to `[server]` (`trusted_proxies = [...]`,
-/// `public_host = "..."`, `max_body_bytes = N` instead of the default 65536).
+/// [`base_config`] with `server_extra` lines in `[server]` (`trusted_proxies = [...]`,
+/// `public_host = "..."`); a key it sets replaces the default (see [`base_config_full`]).
 pub fn base_config_with(amqp_url: &str, server_extra: &str) -> String {
     base_config_full(amqp_url, server_extra, "")
 }
 
-/// [`base_config`] with `amqp_extra` lines added to `[amqp]` (`tls = { ... }`).
+/// [`base_config`] with `amqp_extra` lines in `[amqp]` (`tls = { ... }`, `retry_after = ...`);
+/// a key it sets replaces the default (see [`base_config_full`]).
 pub fn base_config_amqp(amqp_url: &str, amqp_extra: &str) -> String {
     base_config_full(amqp_url, "", amqp_extra)
 }
 
-fn base_config_full(amqp_url: &str, server_extra: &str, amqp_extra: &str) -> String {
-    let max_body = if server_extra.contains("max_body_bytes") {
-        ""
-    } else {
-        "max_body_bytes = 65536"
-    };
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:1"
-{max_body}
-shutdown_timeout = "5s"
-{server_extra}
+/// `[server]` and `[amqp]` with `server_extra` and `amqp_extra` lines added. The defaults:
+/// `listen = "127.0.0.1:0"`, `admin_listen = "127.0.0.1:1"`, `max_body_bytes = 65536`,
+/// `shutdown_timeout = "5s"`; `url = amqp_url`, `connections = 2`,
+/// `channels_per_connection = 4`, `confirm_timeout = "5s"`, `connect_timeout = "2s"`. A key the
+/// extra lines set replaces its default (`urls = [...]` replaces `url`), so a test states only
+/// what it needs differently.
+pub fn base_config_full(amqp_url: &str, server_extra: &str, amqp_extra: &str) -> String {
+    let server = table(
+        &[
+            ("listen", "\"127.0.0.1:0\"".to_owned()),
+            ("admin_listen", "\"127.0.0.1:1\"".to_owned()),
+            ("max_body_bytes", "65536".to_owned()),
+            ("shutdown_timeout", "\"5s\"".to_owned()),
+        ],
+        server_extra,
+    );
+    let mut amqp_defaults = vec![
+        ("connections", "2".to_owned()),
+        ("channels_per_connection", "4".to_owned()),
+        ("confirm_timeout", "\"5s\"".to_owned()),
+        ("connect_timeout", "\"2s\"".to_owned()),
+    ];
+    if !sets(amqp_extra, "urls") {
+        amqp_defaults.insert(0, ("url", format!("\"{amqp_url}\"")));
+    }
+    let amqp = table(&amqp_defaults, amqp_extra);
+    format!("\n[server]\n{server}\n[amqp]\n{amqp}")
+}
 
-[amqp]
-url = "{amqp_url}"
-connections = 2
-channels_per_connection = 4
-confirm_timeout = "5s"
-connect_timeout = "2s"
-{amqp_extra}
-"#
-    )
+/// The `defaults` whose keys `extra` does not set, then `extra`, one `key = value` a line.
+fn table(defaults: &[(&str, String)], extra: &str) -> String {
+    let mut out = String::new();
+    for (key, value) in defaults {
+        if !sets(extra, key) {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    out.push_str(extra.trim_matches('\n'));
+    out.push('\n');
+    out
+}
+
+/// Whether a line of `lines` sets `key` (`key = ...`, `key.sub = ...`).
+fn sets(lines: &str, key: &str) -> bool {
+    lines.lines().any(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(['=', '.']))
+    })
+}
+
+/// The write-load gateway of the fault, drain and cluster tests: [`base_config_full`] with
+/// `server_extra` and `amqp_extra`, the topic exchange `exchange`, and the public route
+/// `event`: `POST /events/{id}` publishing to `exchange` with routing key `ev.{id}`
+/// ([`super::load::post_event`] writes to it).
+pub fn events_config(
+    amqp_url: &str,
+    exchange: &str,
+    server_extra: &str,
+    amqp_extra: &str,
+) -> String {
+    [
+        base_config_full(amqp_url, server_extra, amqp_extra),
+        topic_exchange(exchange),
+        publish_route("event", "/events/{id}", exchange, "ev.{id}", ""),
+    ]
+    .concat()
 }
 
 /// An AMQP URL on a port nothing listens on: for gateways that only serve reads (start them
@@ -74,15 +118,12 @@ pub fn upstream(name: &str, url: &str) -> String {
 
 /// A GET/HEAD `[[routes]]` table named `name` on `path`, proxied to `upstream`; `extra` adds
 /// lines (`auth = ...`, `cache = ...`, `compress = ...`). Without an `auth` line in `extra` the
-/// route is `auth = "public"`.
+/// route is `auth = "public"`; a `methods` line replaces GET/HEAD.
 pub fn read_route(name: &str, path: &str, upstream: &str, extra: &str) -> String {
-    let auth = if extra.lines().any(|l| l.trim_start().starts_with("auth ")) {
-        ""
-    } else {
-        "auth = \"public\"\n"
-    };
     format!(
-        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = [\"GET\", \"HEAD\"]\nupstream = \"{upstream}\"\n{auth}{extra}\n"
+        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\n{}upstream = \"{upstream}\"\n{}{extra}\n",
+        default_line(extra, "methods", "[\"GET\", \"HEAD\"]"),
+        default_line(extra, "auth", "\"public\""),
     )
 }
 
@@ -91,8 +132,10 @@ pub fn topic_exchange(name: &str) -> String {
     format!("\n[[amqp.exchanges]]\nname = \"{name}\"\ntype = \"topic\"\n")
 }
 
-/// A public `POST` `[[routes]]` table named `name` on `path`, publishing to `exchange` with
-/// `routing_key`; `extra` adds lines (`schema = ...`, `rate_limits = ...`).
+/// A `POST` `[[routes]]` table named `name` on `path`, publishing to `exchange` with
+/// `routing_key`; `extra` adds lines (`schema = ...`, `rate_limits = ...`, and more of the
+/// publish settings as dotted keys: `publish.status = 201`). Without an `auth` line in `extra`
+/// the route is `auth = "public"`; a `methods` line replaces POST.
 pub fn publish_route(
     name: &str,
     path: &str,
@@ -101,8 +144,31 @@ pub fn publish_route(
     extra: &str,
 ) -> String {
     format!(
-        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\nmethods = [\"POST\"]\nauth = \"public\"\npublish = {{ exchange = \"{exchange}\", routing_key = \"{routing_key}\" }}\n{extra}\n"
+        "\n[[routes]]\nname = \"{name}\"\npath = \"{path}\"\n{}{}publish.exchange = \"{exchange}\"\npublish.routing_key = \"{routing_key}\"\n{extra}\n",
+        default_line(extra, "methods", "[\"POST\"]"),
+        default_line(extra, "auth", "\"public\""),
     )
+}
+
+/// `key = value` unless `extra` sets `key` itself.
+fn default_line(extra: &str, key: &str, value: &str) -> String {
+    if sets(extra, key) {
+        String::new()
+    } else {
+        format!("{key} = {value}\n")
+    }
+}
+
+/// The public router of `config` (TOML) with no server around it and no broker needed
+/// ([`amqp_gateway::state::AppState::from_config`]): drive it with
+/// `tower::ServiceExt::oneshot` ([`super::http::call`]).
+pub async fn router(config: &str) -> axum::Router {
+    let config = Config::from_toml(config, "test-config", |_| None)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    let state = amqp_gateway::state::AppState::from_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("state for the test config: {e}"));
+    amqp_gateway::app(state)
 }
 
 /// A running gateway.
@@ -135,6 +201,17 @@ impl TestGateway {
     pub async fn in_front_of(origin_url: &str, server_extra: &str, sections: &str) -> TestGateway {
         let sections = format!("{}{sections}", upstream("o", origin_url));
         Self::reads(server_extra, &sections).await
+    }
+
+    /// [`TestGateway::in_front_of`] with the test `[auth]` section
+    /// ([`super::tokens::auth_section`]) before `routes`.
+    pub async fn in_front_of_with_auth(
+        origin_url: &str,
+        server_extra: &str,
+        routes: &str,
+    ) -> TestGateway {
+        let sections = format!("{}{routes}", super::tokens::auth_section("", ""));
+        Self::in_front_of(origin_url, server_extra, &sections).await
     }
 
     /// Starts a gateway without waiting for the broker.
@@ -171,18 +248,24 @@ impl TestGateway {
 
     /// Polls `/readyz` until it answers 200, or panics at `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        self.ready_within(timeout, "start").await;
+    }
+
+    /// Polls `/readyz` until it answers 200 and returns how long that took; panics at
+    /// `timeout`, naming `after` (what the gateway should have become ready after).
+    pub async fn ready_within(&self, timeout: Duration, after: &str) -> Duration {
+        let started = Instant::now();
         let client = reqwest::Client::new();
+        let url = format!("{}/readyz", self.admin_url);
         loop {
-            let url = format!("{}/readyz", self.admin_url);
             if let Ok(r) = client.get(&url).send().await
                 && r.status() == 200
             {
-                return;
+                return started.elapsed();
             }
             assert!(
-                Instant::now() < deadline,
-                "gateway not ready within {timeout:?}"
+                started.elapsed() < timeout,
+                "gateway not ready within {timeout:?} after {after}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -30,6 +30,16 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The status as a [`reqwest::StatusCode`] (as `reqwest::Response::status` gives it).
+    pub fn status(&self) -> reqwest::StatusCode {
+        reqwest::StatusCode::from_u16(self.status).unwrap()
+    }
+
+    /// The response headers (as `reqwest::Response::headers` gives them).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
     /// The first `name` field as text; `None` when absent (or not visible ASCII).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -60,6 +70,43 @@ impl Answer {
     pub fn summary(&self) -> String {
         format!("{} {}", self.status, self.x_cache())
     }
+}
+
+/// One request through `router` in process (`tower::ServiceExt::oneshot`, no socket), the
+/// whole answer read.
+pub async fn call(router: &axum::Router, request: http::Request<axum::body::Body>) -> Answer {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let started = std::time::Instant::now();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes().to_vec();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The headers of a JSON write: `Content-Type: application/json`.
+pub const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+/// `method url` with `headers` (text values, `content-type` among them: [`JSON`]) and `body`, on a fresh
+/// client: the request of the write tests.
+pub async fn write(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> Answer {
+    send_body(
+        method,
+        url,
+        headers.iter().map(|(k, v)| (*k, v.as_bytes())),
+        body.into(),
+    )
+    .await
 }
 
 /// `GET url` with `headers` (text values).

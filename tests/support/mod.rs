@@ -16,13 +16,21 @@
 //! * [`origin`] — [`Origin`]: a real backing HTTP service on port 0, steered by query
 //!   ([`Origin::start`]) or by a closure of the test ([`Origin::scripted`], answering
 //!   [`origin::Reply`]s); it records every request ([`origin::Seen`], raw header bytes).
-//! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0; config helpers
-//!   ([`base_config`], [`gateway::base_config_with`] for `[server]` settings,
-//!   [`gateway::no_broker`] for read-only gateways, [`gateway::upstream`],
-//!   [`gateway::read_route`]).
-//! * [`http`] — the client side of read tests: [`http::get`] / [`http::send`] (raw header
-//!   bytes) returning an [`http::Answer`], and HTTP dates in IMF-fixdate, RFC 850 and asctime
-//!   forms ([`http::imf_fixdate`], [`http::rfc850`], [`http::asctime`]).
+//! * [`gateway`] — [`TestGateway`]: the real gateway in-process on port 0
+//!   ([`TestGateway::ready_within`] times readiness after a fault); [`gateway::router`]: the
+//!   public router with no server and no broker (`AppState::from_config`). Config pieces:
+//!   [`base_config`] / [`gateway::base_config_with`] / [`gateway::base_config_amqp`] /
+//!   [`gateway::base_config_full`] (`[server]` and `[amqp]`; a key the extra lines set replaces
+//!   its default), [`gateway::topic_exchange`], [`gateway::publish_route`] and
+//!   [`gateway::read_route`] (public and POST / GET+HEAD unless `extra` sets `auth` /
+//!   `methods`; more publish settings as `publish.KEY = ...`), [`gateway::upstream`],
+//!   [`gateway::events_config`] (the fault, drain, cluster and nginx gateways' write route),
+//!   [`gateway::no_broker`] for gateways that must not reach a broker.
+//! * [`http`] — the client side: [`http::get`] / [`http::send`] (raw header bytes) /
+//!   [`http::write`] (a body, [`http::JSON`] headers) returning an [`http::Answer`] (also
+//!   `status()` / `headers()` as reqwest names them), [`http::call`] (one request through a
+//!   router in process), and HTTP dates in IMF-fixdate, RFC 850 and asctime forms
+//!   ([`http::imf_fixdate`], [`http::rfc850`], [`http::asctime`]).
 //! * [`poll`] — [`poll::eventually`]: poll a condition with a deadline instead of sleeping.
 //! * [`tls`] — a throwaway PKI (rcgen) as PEM files and [`tls::TlsOrigin`], an https origin
 //!   that echoes the HTTP version and client certificate it saw.
@@ -35,7 +43,8 @@
 //!   SIGTERM).
 //! * [`amqp`] — the AMQP side of assertions: [`TestQueue`], a uniquely named
 //!   queue bound to an exchange, read with deadlines (`next`, `drain`,
-//!   `count`).
+//!   `count`); what a delivery carries: [`amqp::header`], [`amqp::header_str`],
+//!   [`amqp::short`].
 //!
 //! Typical use:
 //!
