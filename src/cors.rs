@@ -12,7 +12,7 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use crate::config::{CorsOrigins, CorsPolicy};
 
 /// The CORS layer for a path serving `methods`.
-pub fn layer(policy: &CorsPolicy, methods: &[Method]) -> CorsLayer {
+pub(crate) fn layer(policy: &CorsPolicy, methods: &[Method]) -> CorsLayer {
     let mut allowed: Vec<Method> = methods.to_vec();
     if allowed.contains(&Method::GET) && !allowed.contains(&Method::HEAD) {
         allowed.push(Method::HEAD);

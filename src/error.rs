@@ -16,11 +16,11 @@ use serde::Serialize;
 use crate::schema::SchemaViolation;
 
 /// Prefix of every problem `type` URI.
-pub const PROBLEM_TYPE_PREFIX: &str = "urn:amqp-gateway:problem:";
+pub(crate) const PROBLEM_TYPE_PREFIX: &str = "urn:amqp-gateway:problem:";
 
 /// A failed request, mapped to one status and problem type each.
 #[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
+pub(crate) enum GatewayError {
     /// No route matches the path.
     #[error("no route matches this path")]
     NotFound,
@@ -141,7 +141,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// The HTTP status for this error.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -168,7 +168,7 @@ impl GatewayError {
     }
 
     /// The stable machine-readable code, last part of the problem `type`.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed { .. } => "method-not-allowed",

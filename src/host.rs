@@ -21,14 +21,14 @@ use crate::proxy::{is_trusted, peer, request_host};
 
 /// Wraps a service so that requests for another host get 421 problem+json.
 #[derive(Debug, Clone)]
-pub struct PublicHostLayer {
+pub(crate) struct PublicHostLayer {
     host: Arc<PublicHost>,
     trusted_proxies: Arc<[IpNet]>,
 }
 
 impl PublicHostLayer {
     /// Accept only `host`; believe `X-Forwarded-Host` from `trusted_proxies` only.
-    pub fn new(host: PublicHost, trusted_proxies: Arc<[IpNet]>) -> Self {
+    pub(crate) fn new(host: PublicHost, trusted_proxies: Arc<[IpNet]>) -> Self {
         Self {
             host: Arc::new(host),
             trusted_proxies,
@@ -49,7 +49,7 @@ impl<S> Layer<S> for PublicHostLayer {
 
 /// The service of [`PublicHostLayer`].
 #[derive(Debug, Clone)]
-pub struct PublicHostService<S> {
+pub(crate) struct PublicHostService<S> {
     inner: S,
     layer: PublicHostLayer,
 }

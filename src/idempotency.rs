@@ -12,13 +12,13 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// Keys remembered at most (oldest or least used go first beyond it); ~100 bytes each.
-pub const IDEMPOTENCY_RECORD_CAPACITY: u64 = 100_000;
+pub(crate) const IDEMPOTENCY_RECORD_CAPACITY: u64 = 100_000;
 /// How long a key stays bound to its first body.
-pub const IDEMPOTENCY_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const IDEMPOTENCY_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What the record says about a keyed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyUse {
+pub(crate) enum KeyUse {
     /// First seen here (now recorded), or seen before with the same body: publish.
     Publish,
     /// Seen before with another body or content type: refuse.
@@ -28,7 +28,7 @@ pub enum KeyUse {
 /// Event id (the scoped UUIDv5 of the key) → SHA-256 of the first request's content type and
 /// body. Injected through [`crate::state::AppState`]; kept across config reloads.
 #[derive(Clone)]
-pub struct IdempotencyRecord {
+pub(crate) struct IdempotencyRecord {
     seen: Cache<Uuid, [u8; 32]>,
 }
 
@@ -48,7 +48,7 @@ impl Default for IdempotencyRecord {
 
 impl IdempotencyRecord {
     /// A record of at most `capacity` keys, each kept `ttl` from its first use.
-    pub fn new(capacity: u64, ttl: Duration) -> Self {
+    pub(crate) fn new(capacity: u64, ttl: Duration) -> Self {
         Self {
             seen: Cache::builder()
                 .max_capacity(capacity)
@@ -61,7 +61,7 @@ impl IdempotencyRecord {
     /// stays bound to the key for the TTL whatever became of its publish: forgetting it after
     /// a failure could let a concurrent retry of the first body and a different body both be
     /// published under one id.
-    pub fn check(&self, event_id: Uuid, content_type: Option<&str>, body: &[u8]) -> KeyUse {
+    pub(crate) fn check(&self, event_id: Uuid, content_type: Option<&str>, body: &[u8]) -> KeyUse {
         let fingerprint = fingerprint(content_type, body);
         // `entry().or_insert` is atomic per key: of two concurrent first uses with different
         // bodies, exactly one is recorded and the other is refused.

@@ -4,7 +4,7 @@
 //! This module depends on neither `config` nor `auth`, like `tls`: `config` calls it once at
 //! load for the static sources (`secret`, `public_key_pem`, `jwks_file`), so a bad key stops
 //! start-up and `check` with its config key, and the validated config carries the parsed keys;
-//! `auth` calls [`parse_jwks`] at run time for the documents of `jwks_url`s, and looks keys up.
+//! `auth` calls `parse_jwks` at run time for the documents of `jwks_url`s, and looks keys up.
 //!
 //! Nothing in here is driven by a token's header: `jku`/`x5u`/`jwk` header parameters are never
 //! followed (RFC 8725 §3.10).

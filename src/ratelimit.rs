@@ -61,16 +61,16 @@ use crate::metrics::Metrics;
 use crate::proxy::{X_FORWARDED_FOR, is_trusted, peer};
 
 /// Most distinct keys one limit keeps; further new keys share the overflow bucket.
-pub const MAX_KEYS_PER_LIMIT: usize = 100_000;
+pub(crate) const MAX_KEYS_PER_LIMIT: usize = 100_000;
 
 /// How often idle keys are dropped. Short enough that a burst of one-off keys is gone soon,
 /// long enough that sweeping (a pass over every shard) costs nothing measurable.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// `RateLimit` (the current state of each policy).
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// `RateLimit-Policy` (the configured quotas).
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The key all new keys share once a limit holds [`MAX_KEYS_PER_LIMIT`]. A real key hashing to
 /// it is a 2^-128 event.
@@ -142,7 +142,7 @@ type Limiter = RateLimiter<u128, CappedStore, MonotonicClock, StateInformationMi
 
 /// A configured limit as the headers describe it.
 #[derive(Debug)]
-pub struct RatePolicy {
+pub(crate) struct RatePolicy {
     name: String,
     header: HeaderValue,
 }
@@ -165,12 +165,12 @@ impl RatePolicy {
     }
 
     /// The policy name (`by` as configured, e.g. `subject`, `claim:tenant`, `ip-1`).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// Its `RateLimit-Policy` item: `"<name>";q=<quota>;w=<window seconds>`.
-    pub fn policy_header(&self) -> HeaderValue {
+    pub(crate) fn policy_header(&self) -> HeaderValue {
         self.header.clone()
     }
 
@@ -188,7 +188,7 @@ impl RatePolicy {
     }
 
     /// Its `RateLimit` value for a refused request: nothing remains until `reset`.
-    pub fn exhausted_header(&self, reset: Duration) -> Option<HeaderValue> {
+    pub(crate) fn exhausted_header(&self, reset: Duration) -> Option<HeaderValue> {
         let mut out = String::new();
         self.push_state(&mut out, 0, reset);
         HeaderValue::from_str(&out).ok()
@@ -236,7 +236,7 @@ impl Limit {
 }
 
 /// One route's limits, shared by every clone of its [`RateLimit`] service.
-pub struct RouteLimits {
+pub(crate) struct RouteLimits {
     route: Arc<str>,
     limits: Vec<Limit>,
     /// Every limit's `RateLimit-Policy` item, as one list (the same on every response).
@@ -423,13 +423,17 @@ fn ip_key(ip: IpAddr) -> ([u8; 8], usize) {
 /// Every route's limits, built once from the config; the app's layers and the sweeping task
 /// share it through [`AppState`](crate::state::AppState).
 #[derive(Debug, Default)]
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     routes: HashMap<String, Arc<RouteLimits>>,
 }
 
 impl RateLimits {
     /// The limiters of every route that has `rate_limits`.
-    pub fn new(routes: &[Route], trusted_proxies: Arc<[IpNet]>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        routes: &[Route],
+        trusted_proxies: Arc<[IpNet]>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self::with_cap(routes, trusted_proxies, metrics, MAX_KEYS_PER_LIMIT)
     }
 
@@ -461,12 +465,12 @@ impl RateLimits {
     }
 
     /// Whether no route has limits (then nothing needs sweeping).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
 
     /// The layer for `route`, if it has limits.
-    pub fn layer(&self, route: &str) -> Option<RateLimitLayer> {
+    pub(crate) fn layer(&self, route: &str) -> Option<RateLimitLayer> {
         self.routes.get(route).map(|limits| RateLimitLayer {
             limits: limits.clone(),
         })
@@ -474,7 +478,7 @@ impl RateLimits {
 
     /// Drops every key whose bucket has refilled (indistinguishable from a new key) and
     /// returns the freed memory.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         for limit in self.routes.values().flat_map(|r| r.limits.iter()) {
             limit.limiter.retain_recent();
             limit.limiter.shrink_to_fit();
@@ -483,7 +487,7 @@ impl RateLimits {
 
     /// Sweeps every `period` until the limits are dropped (a reload replaced them, or the
     /// gateway stopped): the task holds them only while sweeping.
-    pub async fn sweep_every(limits: std::sync::Weak<Self>, period: Duration) {
+    pub(crate) async fn sweep_every(limits: std::sync::Weak<Self>, period: Duration) {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate; there is nothing to sweep yet.
@@ -500,7 +504,7 @@ impl RateLimits {
 
 /// Applies one route's limits to the service it wraps; see the [module docs](self).
 #[derive(Clone, Debug)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     limits: Arc<RouteLimits>,
 }
 
@@ -518,7 +522,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// The service built by [`RateLimitLayer`]: answers 429 itself, or calls the inner service and
 /// adds the `RateLimit` headers to its response.
 #[derive(Clone, Debug)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     limits: Arc<RouteLimits>,
 }

@@ -24,44 +24,44 @@ use crate::ratelimit::RateLimits;
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The validated route table, grouped by path.
-    pub paths: Arc<[RoutePath]>,
+    pub(crate) paths: Arc<[RoutePath]>,
     /// Publishing channels.
-    pub channels: ChannelSet,
+    pub(crate) channels: ChannelSet,
     /// `server.max_body_bytes`.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// `server.body_read_timeout`.
-    pub body_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
     /// `server.max_json_depth`.
-    pub max_json_depth: usize,
+    pub(crate) max_json_depth: usize,
     /// `Retry-After` for broker-caused 503s.
-    pub retry_after: Duration,
+    pub(crate) retry_after: Duration,
     /// Upstream clients for read routes.
-    pub upstreams: Arc<Upstreams>,
+    pub(crate) upstreams: Arc<Upstreams>,
     /// The shared response cache (present when a route caches).
-    pub cache: Option<Arc<Cache>>,
+    pub(crate) cache: Option<Arc<Cache>>,
     /// How hard read responses are compressed (`[compression]`).
-    pub compression: crate::config::CompressionSettings,
+    pub(crate) compression: crate::config::CompressionSettings,
     /// Invalidations, flushes and bypass: the state every cache of the process is built on.
-    pub coherence: Arc<Coherence>,
+    pub(crate) coherence: Arc<Coherence>,
     /// Publishes invalidations to the other instances (with `cache.coherence`).
-    pub invalidations: Option<InvalidationPublisher>,
+    pub(crate) invalidations: Option<InvalidationPublisher>,
     /// This process's id among the instances (in invalidation messages, `/readyz`).
-    pub instance: Arc<str>,
+    pub(crate) instance: Arc<str>,
     /// `server.trusted_proxies`.
-    pub trusted_proxies: Arc<[IpNet]>,
+    pub(crate) trusted_proxies: Arc<[IpNet]>,
     /// `server.public_host`: the only host requests may name; sent upstream as
     /// `X-Forwarded-Host`.
-    pub public_host: Option<PublicHost>,
+    pub(crate) public_host: Option<PublicHost>,
     /// Token verification (present when `[auth]` is configured).
-    pub auth: Option<Authenticator>,
+    pub(crate) auth: Option<Authenticator>,
     /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Every route's rate limiters (swept by a task of [`crate::run`]).
-    pub rate_limits: Arc<RateLimits>,
+    pub(crate) rate_limits: Arc<RateLimits>,
     /// Which body each `Idempotency-Key` was first used with (per instance).
-    pub idempotency: IdempotencyRecord,
+    pub(crate) idempotency: IdempotencyRecord,
     /// Set when shutdown starts, so `/readyz` takes the instance out of rotation.
-    pub draining: Arc<AtomicBool>,
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 impl AppState {

@@ -106,7 +106,7 @@ impl fmt::Display for Template {
 }
 
 /// Whether `name` is a legal placeholder or path parameter name.
-pub fn is_param_name(name: &str) -> bool {
+pub(crate) fn is_param_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 

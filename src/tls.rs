@@ -7,7 +7,7 @@
 //! [`install_default_provider`] also installs it as the default for libraries that ask for one.
 //!
 //! [`https_connector`] turns a [`ClientTls`] into the hyper connector of an HTTP client
-//! (upstreams, JWKS URLs); [`ErrorChain`] prints a connect error with the TLS reason that
+//! (upstreams, JWKS URLs); `shared::ErrorChain` prints a connect error with the TLS reason that
 //! hyper nests among its sources.
 
 use std::path::{Path, PathBuf};

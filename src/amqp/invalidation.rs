@@ -33,7 +33,7 @@ use super::{ChannelSet, Event, PoolSettings, PublishError};
 use crate::shared::ErrorChain;
 
 /// The message format version this gateway writes and reads.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 /// Largest message body read; a larger one is unreadable (and so treated as a missed
 /// invalidation).
@@ -48,7 +48,7 @@ const MESSAGE_TYPE: &str = "cache.invalidate";
 /// Unknown fields are ignored (a later version may add some); a change of meaning takes a new
 /// `v`, which older instances cannot read and answer with a flush.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invalidation {
+pub(crate) struct Invalidation {
     /// Format version ([`VERSION`]).
     #[serde(rename = "v")]
     pub version: u32,
@@ -64,7 +64,7 @@ pub struct Invalidation {
 
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// Over 64 KiB.
     #[error("message of {0} bytes is too large")]
     TooLarge(usize),
@@ -78,13 +78,13 @@ pub enum DecodeError {
 
 impl Invalidation {
     /// The message body.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         // Strings and a list of strings only: serialising cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// Reads a message body.
-    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(DecodeError::TooLarge(body.len()));
         }
@@ -99,14 +99,14 @@ impl Invalidation {
 
 /// Publishes this instance's invalidations.
 #[derive(Debug, Clone)]
-pub struct InvalidationPublisher {
+pub(crate) struct InvalidationPublisher {
     exchange: String,
     instance: Arc<str>,
 }
 
 impl InvalidationPublisher {
     /// Publishes on `exchange`, as `instance`.
-    pub fn new(exchange: &str, instance: Arc<str>) -> Self {
+    pub(crate) fn new(exchange: &str, instance: Arc<str>) -> Self {
         Self {
             exchange: exchange.to_owned(),
             instance,
@@ -117,7 +117,7 @@ impl InvalidationPublisher {
     /// references) succeeded. `Ok` once the broker confirmed it into every bound queue;
     /// [`PublishError::Unroutable`] when no instance is subscribed. Bounded by the pool's
     /// `confirm_timeout`.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         channels: &ChannelSet,
         path: &str,
@@ -152,7 +152,7 @@ impl InvalidationPublisher {
 }
 
 /// Where the subscriber reports. Called from its task: keep it quick and non-blocking.
-pub trait InvalidationSink: Send + Sync + 'static {
+pub(crate) trait InvalidationSink: Send + Sync + 'static {
     /// Consuming: every invalidation published from now on reaches this instance.
     fn subscribed(&self);
     /// Not consuming any more: invalidations may be missed until [`Self::subscribed`].
@@ -165,7 +165,7 @@ pub trait InvalidationSink: Send + Sync + 'static {
 
 /// The running subscriber: stops when closed or dropped.
 #[derive(Debug)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     stop: watch::Sender<bool>,
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -174,7 +174,7 @@ impl Subscriber {
     /// Starts subscribing to `exchange` as `instance`, over the nodes (and TLS) of `pool`;
     /// returns at once. Until the first subscription the sink has heard nothing: its owner
     /// starts out unsubscribed.
-    pub fn start(
+    pub(crate) fn start(
         pool: &PoolSettings,
         exchange: &str,
         instance: Arc<str>,
@@ -198,7 +198,7 @@ impl Subscriber {
     }
 
     /// Stops consuming and closes the connection, within `deadline`.
-    pub async fn close(&self, deadline: Duration) {
+    pub(crate) async fn close(&self, deadline: Duration) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.lock().await.take() {
             let abort = task.abort_handle();

@@ -6,7 +6,7 @@
 //! or a [`PublishError`] that says whether anything may have been enqueued.
 
 mod connect;
-pub mod invalidation;
+pub(crate) mod invalidation;
 mod pool;
 mod publish;
 
@@ -15,11 +15,11 @@ use std::time::Duration;
 use crate::config::{AmqpConfig, BrokerUri, ExchangeKind};
 use crate::tls::ClientTls;
 
-pub use pool::{ChannelSet, Readiness, SlotState};
+pub(crate) use pool::{ChannelSet, Readiness, SlotState};
 
 /// A message to publish, already validated by the caller (names ≤ 255 bytes).
 #[derive(Debug)]
-pub struct Event<'a> {
+pub(crate) struct Event<'a> {
     /// Exchange; `""` is the default exchange.
     pub exchange: &'a str,
     /// Routing key.
@@ -43,15 +43,15 @@ pub struct Event<'a> {
 }
 
 /// `app_id` on every message.
-pub const APP_ID: &str = "amqp-gateway";
+pub(crate) const APP_ID: &str = "amqp-gateway";
 
 /// Budget for the encoded properties and headers, well below RabbitMQ's 128 KiB `frame_max`:
 /// an oversized header frame makes the broker close the whole connection.
-pub const PROPERTIES_BUDGET_BYTES: usize = 16 * 1024;
+pub(crate) const PROPERTIES_BUDGET_BYTES: usize = 16 * 1024;
 
 /// Why a publish did not succeed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     /// No channel could take the publish; nothing was sent.
     #[error("no publishing channel is available")]
     Unavailable,
@@ -78,7 +78,7 @@ pub enum PublishError {
 
 impl PublishError {
     /// A short stable label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Unavailable => "unavailable",
             Self::Blocked => "blocked",
@@ -93,7 +93,7 @@ impl PublishError {
 
 /// Pool sizing and deadlines, from `[amqp]`.
 #[derive(Debug, Clone)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     /// Broker URLs, one per cluster node (passwords masked when printed).
     pub uris: Vec<BrokerUri>,
     /// TLS towards the broker: required for `amqps://` URLs (config validation always sets

@@ -81,7 +81,7 @@ struct Inner {
 
 /// One connection slot as `/readyz` and the metrics show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotState {
+pub(crate) struct SlotState {
     /// `host:port` of the node it is connected to; `None` while (re)connecting.
     pub node: Option<Arc<str>>,
     /// Its channels that can publish now.
@@ -90,7 +90,7 @@ pub struct SlotState {
 
 /// Readiness as seen by `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Channels that can publish now (connected, confirm mode, connection not blocked).
     pub ready_channels: usize,
     /// Channels configured.
@@ -101,14 +101,14 @@ pub struct Readiness {
 
 impl Readiness {
     /// Ready while at least one channel can publish.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready_channels > 0
     }
 }
 
 /// The shared set of confirm-mode publishing channels. Cheap to clone.
 #[derive(Clone)]
-pub struct ChannelSet {
+pub(crate) struct ChannelSet {
     inner: Arc<Inner>,
     stop: watch::Sender<bool>,
     tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
@@ -125,7 +125,7 @@ impl std::fmt::Debug for ChannelSet {
 impl ChannelSet {
     /// Starts one supervisor per connection; returns at once. Channels come up in the
     /// background: until then publishes fail with [`PublishError::Unavailable`].
-    pub fn start(settings: PoolSettings) -> Result<Self, String> {
+    pub(crate) fn start(settings: PoolSettings) -> Result<Self, String> {
         let manager = manager(&settings, CONNECTION_NAME)?;
         let mut pool_config = PoolConfig::new(settings.connections);
         pool_config.timeouts = Timeouts {
@@ -160,12 +160,12 @@ impl ChannelSet {
     }
 
     /// Each connection slot: its node and ready channels (`/readyz`, metrics).
-    pub fn slots(&self) -> Vec<SlotState> {
+    pub(crate) fn slots(&self) -> Vec<SlotState> {
         self.inner.slot_states()
     }
 
     /// Current readiness.
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         let live = self.inner.live.load();
         let blocked = live
             .iter()
@@ -184,7 +184,7 @@ impl ChannelSet {
     }
 
     /// Publishes `event` and waits for the broker's confirm, within `confirm_timeout`.
-    pub async fn publish(&self, event: &Event<'_>) -> Result<(), PublishError> {
+    pub(crate) async fn publish(&self, event: &Event<'_>) -> Result<(), PublishError> {
         let props = properties(event)?;
         let channel = self.pick()?;
         match tokio::time::timeout(
@@ -231,7 +231,7 @@ impl ChannelSet {
 
     /// Stops the supervisors: new publishes fail, in-flight confirms get up to `deadline`,
     /// then channels and connections are closed cleanly.
-    pub async fn close(&self, deadline: Duration) {
+    pub(crate) async fn close(&self, deadline: Duration) {
         let _ = self.stop.send(true);
         let mut tasks = self.tasks.lock().await;
         let drain = async { while tasks.join_next().await.is_some() {} };

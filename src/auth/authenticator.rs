@@ -20,12 +20,12 @@ use crate::config::{AuthConfig, AuthKey};
 use crate::keys::{JwsAlgorithm, VerifyKey};
 
 /// Tokens longer than this are refused before any decoding (scenario 52).
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Why a request was not authenticated. The `&'static str`s are reason codes for logs; they
 /// never carry token content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// No bearer token: no `Authorization` header, or another scheme (`Basic`). RFC 6750 §3.1:
     /// answered without an error code.
     Missing,
@@ -38,7 +38,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// The reason code (`missing`, `expired`, `unknown-kid`, …).
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::InvalidRequest(r) | Self::InvalidToken(r) => r,
@@ -63,7 +63,7 @@ pub struct AuthStartError {
 /// `Validation`s were built at start-up, and a token verified once is served from a bounded
 /// cache keyed by its SHA-256 until `min(exp + leeway, token_cache_ttl)`.
 #[derive(Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     inner: Arc<Inner>,
 }
 
@@ -126,7 +126,7 @@ impl Authenticator {
     /// Takes the static keys loaded with the config, fetches every JWKS URL once (failing if
     /// one cannot be fetched: the gateway starts with a warm key cache or not at all), and
     /// spawns their refresh tasks. Must run inside a Tokio runtime.
-    pub async fn start(config: &AuthConfig) -> Result<Self, AuthStartError> {
+    pub(crate) async fn start(config: &AuthConfig) -> Result<Self, AuthStartError> {
         let timing = JwksTiming {
             refresh: config.jwks_refresh,
             cooldown: config.jwks_cooldown,
@@ -225,13 +225,13 @@ impl Authenticator {
 
     /// Authenticates a request from its headers: exactly one `Authorization: Bearer <jwt>`.
     /// Tokens anywhere else (query string, cookies) are never looked at (RFC 6750 §2.3, §5.3).
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Rejection> {
         let token = bearer_token(headers)?;
         self.verify(token).await
     }
 
     /// Verifies one compact JWS token.
-    pub async fn verify(&self, token: &str) -> Result<Identity, Rejection> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<Identity, Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::InvalidToken("too-large"));
         }

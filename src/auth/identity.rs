@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::config::{AuthPolicy, PolicyMatch};
 
 /// Name of the subject header: AMQP header on writes, HTTP header upstream on reads.
-pub const SUBJECT_HEADER: &str = "x-auth-sub";
+pub(crate) const SUBJECT_HEADER: &str = "x-auth-sub";
 
 /// Longest subject or propagated claim value; longer claims are refused (subject) or not sent.
 const MAX_CLAIM_VALUE: usize = 1024;
@@ -17,11 +17,11 @@ const MAX_CLAIM_VALUE: usize = 1024;
 /// The caller, from a verified token. Inserted into request extensions by
 /// [`RequireAuth`](super::RequireAuth); cloning is one `Arc` increment.
 #[derive(Clone, Debug)]
-pub struct Identity(Arc<IdentityData>);
+pub(crate) struct Identity(Arc<IdentityData>);
 
 /// What an [`Identity`] holds (reached through `Deref`: `identity.subject`).
 #[derive(Debug)]
-pub struct IdentityData {
+pub(crate) struct IdentityData {
     /// The `sub` claim: 1–1024 bytes, no control characters.
     pub subject: String,
     /// Roles from `auth.roles_claim`.
@@ -44,13 +44,13 @@ impl Deref for Identity {
 
 impl Identity {
     /// Builds an identity (verified claims make one; tests too).
-    pub fn new(data: IdentityData) -> Self {
+    pub(crate) fn new(data: IdentityData) -> Self {
         Self(Arc::new(data))
     }
 
     /// The identity headers, subject first: `("x-auth-sub", sub)`, then each propagated claim.
     /// Names are lower case; the same pairs serve as AMQP headers and upstream HTTP headers.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         std::iter::once((SUBJECT_HEADER, self.subject.as_str())).chain(
             self.propagated
                 .iter()
@@ -59,7 +59,7 @@ impl Identity {
     }
 
     /// Whether this identity satisfies a route's policy.
-    pub fn satisfies(&self, policy: &AuthPolicy) -> bool {
+    pub(crate) fn satisfies(&self, policy: &AuthPolicy) -> bool {
         let holds = |required: &[String], held: &[String]| {
             required.is_empty()
                 || match policy.mode {

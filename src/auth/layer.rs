@@ -10,7 +10,7 @@ use crate::config::{AuthPolicy, RouteAuth};
 
 /// Applies one route's access rule; see the [module docs](super) for what it guarantees.
 #[derive(Clone, Debug)]
-pub struct RequireAuthLayer {
+pub(crate) struct RequireAuthLayer {
     pub(crate) rule: Arc<Rule>,
 }
 
@@ -35,7 +35,7 @@ pub(crate) enum Access {
 impl RequireAuthLayer {
     /// A public route: no token is checked (a token sent anyway is ignored, not verified), and
     /// client-sent `X-Auth-*` headers are still removed.
-    pub fn public() -> Self {
+    pub(crate) fn public() -> Self {
         Self {
             rule: Arc::new(Rule {
                 access: Access::Public,
@@ -45,7 +45,7 @@ impl RequireAuthLayer {
 
     /// The layer for a route's configured rule: public, or a valid bearer token whose roles
     /// and scopes satisfy the route's policy (an empty policy: any valid token).
-    pub fn for_route(auth: &RouteAuth, authenticator: Option<&Authenticator>) -> Self {
+    pub(crate) fn for_route(auth: &RouteAuth, authenticator: Option<&Authenticator>) -> Self {
         match auth {
             RouteAuth::Public => Self::public(),
             RouteAuth::Required(policy) => Self::token(authenticator.cloned(), policy.clone()),

@@ -61,7 +61,9 @@ pub(crate) mod keys;
 mod layer;
 mod service;
 
-pub use authenticator::{AuthStartError, Authenticator, MAX_TOKEN_BYTES, Rejection};
-pub use identity::{Identity, IdentityData, SUBJECT_HEADER};
-pub use layer::RequireAuthLayer;
-pub use service::RequireAuth;
+pub use authenticator::AuthStartError;
+pub(crate) use authenticator::{Authenticator, Rejection};
+#[cfg(test)]
+pub(crate) use identity::IdentityData;
+pub(crate) use identity::{Identity, SUBJECT_HEADER};
+pub(crate) use layer::RequireAuthLayer;

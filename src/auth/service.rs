@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 /// Checks the route's rule, then calls the inner service with the caller's
 /// [`Identity`](super::Identity) in the request extensions, or answers 400/401/403 itself.
 #[derive(Clone, Debug)]
-pub struct RequireAuth<S> {
+pub(crate) struct RequireAuth<S> {
     pub(crate) inner: S,
     pub(crate) rule: Arc<Rule>,
 }

@@ -50,7 +50,7 @@ struct Pending {
 }
 
 /// The validity state every cache of the process shares. See the module doc.
-pub struct Coherence {
+pub(crate) struct Coherence {
     generations: Box<[AtomicU64]>,
     /// Seeds the path hash per process, so which paths share a counter cannot be planned.
     seed: u64,
@@ -87,7 +87,7 @@ impl Coherence {
     /// `cache.coherence`, `false` with it (not subscribed yet). A non-zero
     /// `reinvalidate_after` spawns the second-drop task (it must be called within a Tokio
     /// runtime then); the task ends when the returned value is dropped.
-    pub fn new(reinvalidate_after: Duration, serving: bool) -> Arc<Self> {
+    pub(crate) fn new(reinvalidate_after: Duration, serving: bool) -> Arc<Self> {
         let coherence = Arc::new(Self {
             generations: (0..GENERATION_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             seed: RandomState::new().hash_one(0u8),
@@ -108,20 +108,20 @@ impl Coherence {
     }
 
     /// Whether the cache may serve and store now.
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.serving.load(Ordering::SeqCst)
     }
 
     /// The invalidation subscription is up (again): flush what was stored before or during
     /// the gap, then serve. Returns whether the cache was bypassed until now.
-    pub fn subscribed(&self) -> bool {
+    pub(crate) fn subscribed(&self) -> bool {
         self.flush();
         !self.serving.swap(true, Ordering::SeqCst)
     }
 
     /// The invalidation subscription is down: bypass the cache and flush it. Returns whether
     /// the cache was serving until now.
-    pub fn unsubscribed(&self) -> bool {
+    pub(crate) fn unsubscribed(&self) -> bool {
         // Bypass first, so that nothing is stored between the flush and the bypass.
         let was = self.serving.swap(false, Ordering::SeqCst);
         self.flush();
@@ -129,7 +129,7 @@ impl Coherence {
     }
 
     /// Makes every stored entry, and every fetch under way, unusable; empties the caches.
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut caches = lock(&self.caches);
         caches.retain(|c| c.strong_count() > 0);
@@ -155,7 +155,7 @@ impl Coherence {
     }
 
     /// The current generation of request `path` (see [`super::Cache::generation`]).
-    pub fn generation(&self, path: &str) -> Generation {
+    pub(crate) fn generation(&self, path: &str) -> Generation {
         let bucket = self.bucket(path);
         let value = self
             .generations
@@ -182,7 +182,7 @@ impl Coherence {
     /// `Content-Location` of the answer (relative references only: an absolute URL may name
     /// another host). For a local write and for one received from another instance alike;
     /// applied again after `cache.reinvalidate_after` when set.
-    pub fn invalidate_written<'a>(
+    pub(crate) fn invalidate_written<'a>(
         &self,
         path: &'a str,
         related: impl IntoIterator<Item = &'a str>,
@@ -195,7 +195,8 @@ impl Coherence {
     }
 
     /// Makes every stored response for request `path` unusable, once.
-    pub fn invalidate_path(&self, path: &str) {
+    #[cfg(test)]
+    pub(crate) fn invalidate_path(&self, path: &str) {
         self.bump(self.bucket(path));
     }
 
@@ -262,7 +263,7 @@ impl Coherence {
 
 /// The paths an unsafe request to `path` invalidates: the path itself, then each relative
 /// reference of `related` (`Location`, `Content-Location`) without its query or fragment.
-pub fn written_paths<'a>(
+pub(crate) fn written_paths<'a>(
     path: &'a str,
     related: impl IntoIterator<Item = &'a str>,
 ) -> impl Iterator<Item = &'a str> {

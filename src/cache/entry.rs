@@ -69,7 +69,7 @@ pub(crate) struct Meta {
 
 /// A stored response.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Unique per stored entry; ties encoded variants to this exact body.
     pub(crate) id: u64,
     /// Status.

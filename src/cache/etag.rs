@@ -5,7 +5,7 @@ use http::HeaderValue;
 
 /// A strong ETag for `body`: 128-bit XXH3, which is fast and stable across releases. It
 /// identifies bytes, not resources, so collisions only matter within one URL's history.
-pub fn generate(body: &[u8]) -> HeaderValue {
+pub(crate) fn generate(body: &[u8]) -> HeaderValue {
     let hash = xxhash_rust::xxh3::xxh3_128(body);
     HeaderValue::try_from(format!("\"{hash:032x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
@@ -17,7 +17,7 @@ fn opaque(tag: &str) -> &str {
 
 /// Whether an `If-None-Match` field value matches `etag` with weak comparison: `*` matches any
 /// current representation, otherwise any listed tag whose opaque part equals ours.
-pub fn none_match_matches<'a>(
+pub(crate) fn none_match_matches<'a>(
     if_none_match: impl IntoIterator<Item = &'a HeaderValue>,
     etag: Option<&HeaderValue>,
 ) -> bool {
@@ -40,7 +40,7 @@ pub fn none_match_matches<'a>(
 
 /// `W/"x"` for `"x"`; already-weak tags are returned as they are. Used when the gateway
 /// compresses: the bytes differ per coding, so the tag can only claim semantic equivalence.
-pub fn weaken(etag: &HeaderValue) -> HeaderValue {
+pub(crate) fn weaken(etag: &HeaderValue) -> HeaderValue {
     match etag.to_str() {
         Ok(t) if t.starts_with("W/") => etag.clone(),
         Ok(t) => HeaderValue::try_from(format!("W/{t}")).unwrap_or_else(|_| etag.clone()),

@@ -22,11 +22,11 @@
 //! Memory: bodies up to `cache.max_object_bytes` within a `cache.max_bytes` budget (moka,
 //! weighed in bytes, TinyLFU eviction).
 
-pub mod coherence;
-pub mod entry;
-pub mod etag;
+pub(crate) mod coherence;
+pub(crate) mod entry;
+pub(crate) mod etag;
 pub(crate) mod key;
-pub mod policy;
+pub(crate) mod policy;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -41,8 +41,8 @@ use tokio::sync::watch;
 
 use crate::shared::lock;
 
-pub use coherence::Coherence;
-pub use entry::Entry;
+pub(crate) use coherence::Coherence;
+pub(crate) use entry::Entry;
 pub(crate) use entry::{Encoded, Freshness, Meta, Sharing};
 pub(crate) use key::Keys;
 
@@ -53,11 +53,11 @@ use crate::config::CacheSettings;
 const MAX_ENCODED_VARIANTS_PER_ENTRY: u64 = 8;
 
 /// `X-Cache`, stamped on every response of a cached route.
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub(crate) const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// How a response on a cached route was produced: the `X-Cache` value and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     /// Served from a fresh entry.
     Hit,
     /// Fetched from the upstream (stored or not).
@@ -74,7 +74,7 @@ pub enum CacheStatus {
 
 impl CacheStatus {
     /// The `X-Cache` header value.
-    pub fn header_value(self) -> HeaderValue {
+    pub(crate) fn header_value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
@@ -85,7 +85,7 @@ impl CacheStatus {
     }
 
     /// The `outcome` label of `cache_lookups_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
@@ -99,7 +99,7 @@ impl CacheStatus {
 /// A request path's invalidation generation, captured when a fetch begins: an entry is usable
 /// only while its path's counter and the flush epoch still have these values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Generation {
+pub(crate) struct Generation {
     bucket: usize,
     value: u64,
     epoch: u64,
@@ -123,7 +123,7 @@ enum Value {
 type Inflight = Arc<Mutex<HashMap<Vec<u8>, watch::Receiver<()>>>>;
 
 /// The cache. Cheap to share behind an `Arc`.
-pub struct Cache {
+pub(crate) struct Cache {
     store: Moka<Vec<u8>, Value>,
     /// Base key → the request header names its stored variants vary on. Losing a record only
     /// makes the variants unreachable (a miss), never wrong.
@@ -238,7 +238,7 @@ fn push_encoded_key(key: &mut Vec<u8>, entry: &Entry, accept_encoding: &[u8]) {
 impl Cache {
     /// An empty cache with the configured budget, on `coherence` (which a flush empties it
     /// through).
-    pub fn shared(settings: &CacheSettings, coherence: Arc<Coherence>) -> Arc<Self> {
+    pub(crate) fn shared(settings: &CacheSettings, coherence: Arc<Coherence>) -> Arc<Self> {
         let cache = Arc::new(Self::build(settings, coherence.clone()));
         coherence.register(Arc::downgrade(&cache));
         cache
@@ -246,7 +246,8 @@ impl Cache {
 
     /// An empty cache with the configured budget and a coherence state of its own (always
     /// serving, no second drops).
-    pub fn new(settings: &CacheSettings) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(settings: &CacheSettings) -> Self {
         Self::build(settings, Coherence::new(Duration::ZERO, true))
     }
 
@@ -272,17 +273,17 @@ impl Cache {
     }
 
     /// The `[cache]` settings it was built from.
-    pub fn settings(&self) -> &CacheSettings {
+    pub(crate) fn settings(&self) -> &CacheSettings {
         &self.settings
     }
 
     /// Whether entries may be served and stored now (see [`Coherence::serving`]).
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.coherence.serving()
     }
 
     /// Largest body that may be stored.
-    pub fn max_object_bytes(&self) -> usize {
+    pub(crate) fn max_object_bytes(&self) -> usize {
         self.max_object_bytes
     }
 
@@ -294,7 +295,7 @@ impl Cache {
 
     /// The current invalidation generation of request `path`; capture it before fetching, so
     /// that a write landing while the fetch is under way invalidates what it brings back.
-    pub fn generation(&self, path: &str) -> Generation {
+    pub(crate) fn generation(&self, path: &str) -> Generation {
         self.coherence.generation(path)
     }
 
@@ -304,7 +305,8 @@ impl Cache {
 
     /// Makes every stored response for request `path` (any route, query, variant or
     /// partition) unusable: RFC 9111 §4.4, after a successful unsafe request to that path.
-    pub fn invalidate_path(&self, path: &str) {
+    #[cfg(test)]
+    pub(crate) fn invalidate_path(&self, path: &str) {
         self.coherence.invalidate_path(path);
     }
 

@@ -187,7 +187,7 @@ pub struct CorsConfig {
     pub allow_credentials: bool,
 }
 
-/// A validated CORS policy ([`CorsConfig`] parsed): what [`crate::cors::layer`] is built from.
+/// A validated CORS policy ([`CorsConfig`] parsed): what the CORS layer (`cors::layer`) is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorsPolicy {
     /// Who may call.

@@ -85,7 +85,7 @@ pub enum RateLimitKey {
     Subject,
     /// A verified claim, one of `auth.propagate_claims` (authenticated routes only). Holds the
     /// identity header it is propagated as (`x-auth-tenant` for `claim:tenant`), which is how
-    /// [`Identity`](crate::auth::Identity) carries it.
+    /// the caller's identity (`auth::Identity`) carries it.
     Claim(String),
     /// The client IP: the TCP peer, or the rightmost untrusted `X-Forwarded-For` address
     /// when the peer is a trusted proxy. IPv6 clients are keyed by their /64.

@@ -28,14 +28,14 @@ use crate::telemetry::RouteName;
 
 /// Layer that applies [`RequestMetrics`].
 #[derive(Clone, Debug)]
-pub struct RequestMetricsLayer {
+pub(crate) struct RequestMetricsLayer {
     metrics: Arc<Metrics>,
     unmatched: Arc<str>,
 }
 
 impl RequestMetricsLayer {
     /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
             unmatched: Arc::from("unmatched"),
@@ -57,7 +57,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
 
 /// Middleware that records request metrics.
 #[derive(Clone, Debug)]
-pub struct RequestMetrics<S> {
+pub(crate) struct RequestMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
     unmatched: Arc<str>,

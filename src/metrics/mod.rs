@@ -23,12 +23,12 @@ use prometheus_client::registry::Registry;
 use crate::amqp::{Readiness, SlotState};
 use crate::shared::lock;
 
-pub use layer::{RequestMetrics, RequestMetricsLayer, ResponseFuture};
+pub(crate) use layer::RequestMetricsLayer;
 
 /// Labels of the HTTP request metrics. Shared and static strings: recording a request
 /// allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// Route name (`unmatched` for 404/405 outside any route).
     pub route: Arc<str>,
     /// HTTP method (`OTHER` for extension methods, so clients cannot add series).
@@ -103,7 +103,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// Every metric the gateway exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteMethod, Histogram, fn() -> Histogram>,
@@ -135,7 +135,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Creates and registers every metric under the `gateway_` prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -227,7 +227,13 @@ impl Metrics {
     }
 
     /// Records one HTTP response.
-    pub fn request(&self, route: &Arc<str>, method: &Method, status: u16, latency: Duration) {
+    pub(crate) fn request(
+        &self,
+        route: &Arc<str>,
+        method: &Method,
+        status: u16,
+        latency: Duration,
+    ) {
         let method = method_label(method);
         self.requests
             .get_or_create(&RequestLabels {
@@ -245,7 +251,12 @@ impl Metrics {
     }
 
     /// Records a publish outcome; `confirm` is the publish-to-ack time of an acked publish.
-    pub fn publish(&self, route: &Arc<str>, outcome: &'static str, confirm: Option<Duration>) {
+    pub(crate) fn publish(
+        &self,
+        route: &Arc<str>,
+        outcome: &'static str,
+        confirm: Option<Duration>,
+    ) {
         self.publishes
             .get_or_create(&RouteOutcome {
                 route: route.clone(),
@@ -258,7 +269,7 @@ impl Metrics {
     }
 
     /// Records a cache result on a cached route.
-    pub fn cache(&self, route: &Arc<str>, result: &'static str) {
+    pub(crate) fn cache(&self, route: &Arc<str>, result: &'static str) {
         self.cache
             .get_or_create(&RouteOutcome {
                 route: route.clone(),
@@ -268,12 +279,12 @@ impl Metrics {
     }
 
     /// Records a config reload: `ok` or `error`.
-    pub fn reload(&self, result: &'static str) {
+    pub(crate) fn reload(&self, result: &'static str) {
         self.reloads.get_or_create(&ReloadResult { result }).inc();
     }
 
     /// Records a request refused by one of the route's rate limits.
-    pub fn rate_limited(&self, route: &Arc<str>) {
+    pub(crate) fn rate_limited(&self, route: &Arc<str>) {
         self.rate_limited
             .get_or_create(&RouteOnly {
                 route: route.clone(),
@@ -283,17 +294,17 @@ impl Metrics {
 
     /// Records an invalidation sent to or received from the other instances: `sent`,
     /// `unrouted` (no instance subscribed), `failed`, `received`, `unreadable`.
-    pub fn invalidation(&self, outcome: &'static str) {
+    pub(crate) fn invalidation(&self, outcome: &'static str) {
         self.invalidations.get_or_create(&Outcome { outcome }).inc();
     }
 
     /// Sets `gateway_cache_coherent` (read at scrape time).
-    pub fn set_cache_coherent(&self, coherent: bool) {
+    pub(crate) fn set_cache_coherent(&self, coherent: bool) {
         self.cache_coherent.set(i64::from(coherent));
     }
 
     /// Records an upstream exchange outcome.
-    pub fn upstream(&self, upstream: &Arc<str>, outcome: &'static str) {
+    pub(crate) fn upstream(&self, upstream: &Arc<str>, outcome: &'static str) {
         self.upstream
             .get_or_create(&UpstreamOutcome {
                 upstream: upstream.clone(),
@@ -303,7 +314,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with channel gauges taken from `readiness` now.
-    pub fn render(&self, readiness: Readiness, slots: &[SlotState]) -> String {
+    pub(crate) fn render(&self, readiness: Readiness, slots: &[SlotState]) -> String {
         // Connections per node, recounted now; nodes no slot is on read 0 once seen.
         let mut per_node: std::collections::BTreeMap<Arc<str>, i64> =
             std::collections::BTreeMap::new();

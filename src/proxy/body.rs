@@ -22,7 +22,7 @@ use crate::shared::lock;
 /// Why the client's body could not be sent: found in the error of a failed exchange, so the
 /// answer blames the client (413/408/400) rather than the upstream (502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ClientBodyError {
+pub(crate) enum ClientBodyError {
     /// More than the limit.
     #[error("the request body is over the limit")]
     TooLarge,
@@ -36,7 +36,7 @@ pub enum ClientBodyError {
 
 impl ClientBodyError {
     /// The client-body error somewhere in `error`'s source chain, if any.
-    pub fn find(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+    pub(crate) fn find(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
         std::iter::successors(Some(error), |e| e.source())
             .find_map(|e| e.downcast_ref::<Self>())
             .copied()
@@ -45,7 +45,7 @@ impl ClientBodyError {
 
 /// The body of one upstream request, possibly tried on several targets.
 #[derive(Debug)]
-pub struct OutgoingBody {
+pub(crate) struct OutgoingBody {
     /// `None` for a request without a body (every attempt sends an empty one).
     slot: Option<Arc<Slot>>,
     /// The client body's length hint and emptiness, taken before wrapping (the timeout
@@ -58,7 +58,7 @@ type Slot = Mutex<Option<Body>>;
 
 impl OutgoingBody {
     /// No body: safe to send to any number of targets.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             slot: None,
             hint: SizeHint::with_exact(0),
@@ -68,7 +68,7 @@ impl OutgoingBody {
 
     /// The client's body: sent to at most one target that reads it, cut off past `limit`
     /// bytes or after `idle` without data, with the cause kept as a [`ClientBodyError`].
-    pub fn new(body: Body, limit: usize, idle: Duration) -> Self {
+    pub(crate) fn new(body: Body, limit: usize, idle: Duration) -> Self {
         let hint = http_body::Body::size_hint(&body);
         let empty = http_body::Body::is_end_stream(&body);
         let body = TimeoutBody::new(idle, Limited::new(body, limit)).map_err(|e| {

@@ -18,7 +18,7 @@ use tokio::time::Sleep;
 /// The deadline of a streamed response body passed.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the upstream response body did not end within body_timeout")]
-pub struct BodyDeadlineExceeded;
+pub(crate) struct BodyDeadlineExceeded;
 
 pin_project! {
     /// `inner` until `deadline`; then an error, so the client sees an aborted body (a reset
@@ -36,7 +36,7 @@ pin_project! {
 
 impl<B> DeadlineBody<B> {
     /// `inner`, cut off `timeout` from now.
-    pub fn new(inner: B, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
         Self {
             inner,
             deadline: tokio::time::sleep(timeout),

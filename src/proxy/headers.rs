@@ -55,7 +55,7 @@ const NEVER_FORWARDED: &[&str] = &[
 const NEVER_RETURNED: &[&str] = &["server", "x-powered-by"];
 
 /// Prefix of identity headers the gateway sets from verified claims; client copies are removed.
-pub const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
+pub(crate) const IDENTITY_HEADER_PREFIX: &str = "x-auth-";
 
 /// The client chain; believed only from trusted proxies (also for rate-limit keys).
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -66,7 +66,7 @@ pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwa
 
 /// What the forwarding rules need to know about the incoming connection and route.
 #[derive(Debug)]
-pub struct ForwardContext<'a> {
+pub(crate) struct ForwardContext<'a> {
     /// The TCP peer, if known.
     pub peer: Option<IpAddr>,
     /// `server.trusted_proxies`.
@@ -137,7 +137,10 @@ fn copy_without(
 }
 
 /// Headers for the upstream request, from the client's.
-pub fn upstream_request_headers(incoming: &HeaderMap, ctx: &ForwardContext<'_>) -> HeaderMap {
+pub(crate) fn upstream_request_headers(
+    incoming: &HeaderMap,
+    ctx: &ForwardContext<'_>,
+) -> HeaderMap {
     let trusted = is_trusted(ctx.peer, ctx.trusted_proxies);
     let mut out = copy_without(incoming, 4, |name, norm| {
         // A field kept below only under its canonical spelling (`Content-Type` with a body,
@@ -235,7 +238,7 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// Headers for the client, from the upstream response's: without hop-by-hop fields and
 /// without `Server` / `X-Powered-By` (also what the cache stores, so a hit has neither).
-pub fn response_headers(upstream: &HeaderMap) -> HeaderMap {
+pub(crate) fn response_headers(upstream: &HeaderMap) -> HeaderMap {
     // Room for what the read handler adds (ETag, X-Cache, Age, Vary) without growing.
     copy_without(upstream, 4, |_, norm| NEVER_RETURNED.contains(&norm))
 }

@@ -24,9 +24,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use body::{ClientBodyError, OutgoingBody};
-pub use deadline::{BodyDeadlineExceeded, DeadlineBody};
-pub use headers::{
+pub(crate) use body::{ClientBodyError, OutgoingBody};
+pub(crate) use deadline::DeadlineBody;
+pub(crate) use headers::{
     ForwardContext, IDENTITY_HEADER_PREFIX, response_headers, upstream_request_headers,
 };
 pub(crate) use headers::{
@@ -44,7 +44,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a request to an upstream failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// No target accepted a connection.
     #[error("no upstream target accepted a connection")]
     Unreachable,
@@ -64,7 +64,7 @@ struct Target {
 }
 
 /// One `[upstreams.NAME]`: its targets and its own connection pool.
-pub struct Upstream {
+pub(crate) struct Upstream {
     name: Arc<str>,
     targets: Vec<Target>,
     next: AtomicUsize,
@@ -87,19 +87,15 @@ impl std::fmt::Debug for Upstream {
 
 /// All configured upstreams, by name.
 #[derive(Debug, Default)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     by_name: HashMap<String, Arc<Upstream>>,
 }
 
 impl Upstreams {
-    /// Builds clients for every upstream.
-    pub fn new(config: &std::collections::BTreeMap<String, UpstreamConfig>) -> Self {
-        Self::reusing(config, None)
-    }
-
-    /// Like [`Upstreams::new`], keeping from `previous` every upstream whose settings (and TLS
-    /// files) did not change: its pooled connections and passive-health marks survive.
-    pub fn reusing(
+    /// Builds clients for every upstream, keeping from `previous` (the config before a reload)
+    /// every upstream whose settings (and TLS files) did not change: its pooled connections
+    /// and passive-health marks survive.
+    pub(crate) fn reusing(
         config: &std::collections::BTreeMap<String, UpstreamConfig>,
         previous: Option<&Upstreams>,
     ) -> Self {
@@ -151,7 +147,7 @@ impl Upstreams {
     }
 
     /// The upstream called `name`, if configured.
-    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Upstream>> {
         self.by_name.get(name).cloned()
     }
 }
@@ -169,17 +165,17 @@ fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
 
 impl Upstream {
     /// The upstream's name in config.
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     /// The whole-exchange timeout.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Deadline for the streamed part of a response body (`body_timeout`).
-    pub fn body_timeout(&self) -> Duration {
+    pub(crate) fn body_timeout(&self) -> Duration {
         self.config.body_timeout
     }
 
@@ -205,7 +201,7 @@ impl Upstream {
     /// Sends `method path_and_query` with `headers` (already filtered) and `body` to a target.
     /// The next target is tried only after a failed connect, and only while no target has
     /// read any of the body: a request whose body went out is never sent twice.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: &Method,
         path_and_query: &PathAndQuery,

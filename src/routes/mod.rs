@@ -6,5 +6,5 @@ mod encode;
 pub(crate) mod invalidate;
 mod json;
 mod path;
-pub mod publish;
-pub mod read;
+pub(crate) mod publish;
+pub(crate) mod read;

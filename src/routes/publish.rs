@@ -55,7 +55,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// A write route as the handler needs it.
 #[derive(Debug)]
-pub struct WriteRoute {
+pub(crate) struct WriteRoute {
     /// Route name (logs, idempotency namespace).
     pub name: Arc<str>,
     /// What to publish where.
@@ -75,7 +75,7 @@ fn accepted_body(event_id: &str) -> Bytes {
 }
 
 /// Handles one write request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: AppState,
     route: Arc<WriteRoute>,
     request: Request,

@@ -160,12 +160,12 @@ fn default_line(extra: &str, key: &str, value: &str) -> String {
 }
 
 /// The public router of `config` (TOML) with no server around it and no broker needed
-/// ([`amqp_gateway::state::AppState::from_config`]): drive it with
+/// ([`amqp_gateway::AppState::from_config`]): drive it with
 /// `tower::ServiceExt::oneshot` ([`super::http::call`]).
 pub async fn router(config: &str) -> axum::Router {
     let config = Config::from_toml(config, "test-config", |_| None)
         .unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    let state = amqp_gateway::state::AppState::from_config(&config)
+    let state = amqp_gateway::AppState::from_config(&config)
         .await
         .unwrap_or_else(|e| panic!("state for the test config: {e}"));
     amqp_gateway::app(state)

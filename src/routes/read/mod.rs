@@ -41,7 +41,7 @@ const DEFAULT_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// A read route as the handler needs it.
 #[derive(Debug)]
-pub struct ReadRoute {
+pub(crate) struct ReadRoute {
     /// Route name (logs, metrics).
     pub name: Arc<str>,
     /// What its cache keys start with: the name and a digest of the route's definition, so
@@ -57,7 +57,7 @@ pub struct ReadRoute {
 }
 
 /// Handles one request on an upstream route.
-pub async fn handle(
+pub(crate) async fn handle(
     state: AppState,
     route: Arc<ReadRoute>,
     request: Request,
