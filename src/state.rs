@@ -83,7 +83,7 @@ impl AppState {
     ///
     /// ```no_run
     /// # async fn demo(config: amqp_gateway::Config) -> Result<(), amqp_gateway::RunError> {
-    /// let state = amqp_gateway::state::AppState::from_config(&config).await?;
+    /// let state = amqp_gateway::AppState::from_config(&config).await?;
     /// let router = amqp_gateway::app(state);
     /// # drop(router);
     /// # Ok(())

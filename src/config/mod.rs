@@ -934,17 +934,8 @@ impl RawAmqpConfig {
                     "must not be empty (the default exchange \"\" is never declared; publish to it directly)",
                 ));
             }
-            if name.starts_with("amq.") {
-                return Err(invalid(
-                    key,
-                    "names starting with `amq.` are reserved by the broker",
-                ));
-            }
-            if name.len() > 255 || name.chars().any(char::is_control) {
-                return Err(invalid(
-                    key,
-                    "must be at most 255 bytes without control characters",
-                ));
+            if let Some(problem) = exchange_name_problem(name) {
+                return Err(invalid(key, problem));
             }
             if !seen.insert(name) {
                 return Err(invalid(key, format!("exchange `{name}` is declared twice")));
@@ -974,6 +965,17 @@ impl RawAmqpConfig {
     }
 }
 
+/// Why the broker would refuse to let the gateway declare a (non-empty) exchange `name`.
+fn exchange_name_problem(name: &str) -> Option<&'static str> {
+    if name.starts_with("amq.") {
+        Some("names starting with `amq.` are reserved by the broker")
+    } else if name.len() > 255 || name.chars().any(char::is_control) {
+        Some("must be at most 255 bytes without control characters")
+    } else {
+        None
+    }
+}
+
 /// `cache.invalidation_exchange`: a name the broker accepts, and not one of the configured
 /// exchanges (it is declared as a fanout of its own).
 fn validate_invalidation_exchange(name: &str, amqp: &AmqpConfig) -> Result<(), Invalid> {
@@ -981,17 +983,8 @@ fn validate_invalidation_exchange(name: &str, amqp: &AmqpConfig) -> Result<(), I
     if name.is_empty() {
         return Err(invalid(key, "must not be empty"));
     }
-    if name.starts_with("amq.") {
-        return Err(invalid(
-            key,
-            "names starting with `amq.` are reserved by the broker",
-        ));
-    }
-    if name.len() > 255 || name.chars().any(char::is_control) {
-        return Err(invalid(
-            key,
-            "must be at most 255 bytes without control characters",
-        ));
+    if let Some(problem) = exchange_name_problem(name) {
+        return Err(invalid(key, problem));
     }
     if amqp.exchanges.iter().any(|e| e.name == name) {
         return Err(invalid(

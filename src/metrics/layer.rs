@@ -4,15 +4,8 @@
 //! The route name comes from the [`RouteName`] response extension that the router sets on
 //! every routed response (401/403 from auth included); responses outside any route are
 //! labelled `unmatched`. Latency is measured until the response head is ready, like the access
-//! log.
-//!
-//! ```
-//! # use std::sync::Arc;
-//! # use amqp_gateway::metrics::{Metrics, RequestMetricsLayer};
-//! let metrics = Arc::new(Metrics::new());
-//! let layer = RequestMetricsLayer::new(metrics);
-//! # let _ = layer;
-//! ```
+//! log. `app()` wraps the router in `RequestMetricsLayer::new(metrics)`, with the registry
+//! of the process's `Metrics` (tests below drive it the same way).
 
 use std::future::Future;
 use std::pin::Pin;
