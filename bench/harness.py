@@ -379,13 +379,7 @@ class Bench:
         # Exchange, bounded quorum queue, binding (idempotent declarations).
         self.mgmt_call("PUT", f"/api/exchanges/%2F/{EXCHANGE}",
                        {"type": "topic", "durable": True, "auto_delete": False})
-        self.mgmt_call("PUT", f"/api/queues/%2F/{QUEUE}", {
-            "durable": True,
-            "arguments": {"x-queue-type": "quorum", "x-max-length": 100000,
-                          "x-overflow": "drop-head"},
-        })
-        self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{QUEUE}",
-                       {"routing_key": "#"})
+        self.bound_queue(QUEUE, "quorum")
 
         # Origin.
         self.origin_port = free_port()
@@ -493,6 +487,17 @@ class Bench:
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/p/users/1")
         return group, base
+
+    def bound_queue(self, name, kind):
+        """A durable queue of `kind` (bounded: the newest 100,000 events) bound to every
+        routing key of the bench exchange; idempotent."""
+        self.mgmt_call("PUT", f"/api/queues/%2F/{name}", {
+            "durable": True,
+            "arguments": {"x-queue-type": kind, "x-max-length": 100000,
+                          "x-overflow": "drop-head"},
+        })
+        self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{name}",
+                       {"routing_key": "#"})
 
     def mgmt_call(self, method, path, payload):
         status, _, data = http_request(method, self.mgmt_auth + path,
@@ -642,13 +647,7 @@ class Bench:
         json_hdr = {"Content-Type": "application/json"}
 
         # One node, classic queue: the quorum queue's binding swapped for a classic one.
-        self.mgmt_call("PUT", f"/api/queues/%2F/{CLASSIC_QUEUE}", {
-            "durable": True,
-            "arguments": {"x-queue-type": "classic", "x-max-length": 100000,
-                          "x-overflow": "drop-head"},
-        })
-        self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{CLASSIC_QUEUE}",
-                       {"routing_key": "#"})
+        self.bound_queue(CLASSIC_QUEUE, "classic")
         self.mgmt_call("DELETE", f"/api/bindings/%2F/e/{EXCHANGE}/q/{QUEUE}/%23", None)
         try:
             post = lambda c, d: wrk(self.gw + "/users", c, d, "POST", WRITE_BODY, json_hdr)  # noqa: E731

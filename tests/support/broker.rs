@@ -387,17 +387,20 @@ fn boot_node(tls: Option<&Path>) -> Result<NodeInfo, String> {
     Err(failures.join("\n---- next attempt ----\n"))
 }
 
-fn boot_node_once(tls: Option<&Path>) -> Result<NodeInfo, String> {
-    let started = Instant::now();
+/// A new directory `<tmp>/<prefix>-<pid>-<nanos>` for one node's (or cluster's) files.
+pub fn fresh_dir(prefix: &str) -> Result<PathBuf, String> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "amqp-gateway-test-{}-{nanos:09}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos:09}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+fn boot_node_once(tls: Option<&Path>) -> Result<NodeInfo, String> {
+    let started = Instant::now();
+    let dir = fresh_dir("amqp-gateway-test")?;
 
     let mut cmd = Command::new("bash");
     cmd.arg(BROKER_SH)

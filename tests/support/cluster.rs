@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::broker::{BROKER_SH, NodeInfo, PrivateNode, export, parse_exports};
 
@@ -51,15 +51,7 @@ pub async fn cluster() -> &'static Cluster {
 
 fn boot() -> Result<Cluster, String> {
     let started = Instant::now();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!(
-        "amqp-gateway-cluster-{}-{nanos:09}",
-        std::process::id()
-    ));
-    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let dir = super::broker::fresh_dir("amqp-gateway-cluster")?;
     let out = Command::new("timeout")
         .args(["--kill-after=5", &BOOT_DEADLINE.as_secs().to_string()])
         .args(["bash", BROKER_SH, "cluster-start"])
