@@ -38,7 +38,9 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.parse
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -295,10 +297,21 @@ def wrk(url, conns, duration, method="GET", body=None, headers=None, timeout_s=3
     }
 
 
-def raw_publisher(binary, url, conns, duration, warmup):
+def amqp_shape(admin_url):
+    """The gateway's AMQP connections and channels per connection, as its `/readyz` reports
+    them: the raw ceiling publishes over the same shape (the broker's cost per message
+    depends on how many channels carry it)."""
+    ready = json.loads(urllib.request.urlopen(admin_url + "/readyz", timeout=5).read())
+    connections = len(ready["connections"])
+    return connections, ready["channels"]["configured"] // connections
+
+
+def raw_publisher(binary, url, shape, conns, duration, warmup):
+    connections, channels = shape
     argv = [
         binary, "--url", url, "--exchange", EXCHANGE, "--routing-key", "user.created",
-        "--concurrency", str(conns), "--connections", "2", "--channels", "8",
+        "--concurrency", str(conns), "--connections", str(connections),
+        "--channels", str(channels),
         "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--body", WRITE_BODY,
     ]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -401,6 +414,7 @@ class Bench:
                              })
         self.gateway = Group("gateway", self.gw_proc.pid)
         wait_http(f"http://127.0.0.1:{self.gw_admin}/readyz", 60)
+        self.amqp_shape = amqp_shape(f"http://127.0.0.1:{self.gw_admin}")
         self.gw = f"http://127.0.0.1:{self.gw_port}"
         self.token = subprocess.run(
             [self.bin_mint, "--sub", "bench-user", "--roles", "user", "--issuer",
@@ -556,6 +570,7 @@ class Bench:
             "loadavg_at_start": open("/proc/loadavg").read().strip(),
             "args": vars(self.args),
             "gzip_level": self.args.gzip_level,
+            "amqp_connections_channels": self.amqp_shape,
         }
         with open(os.path.join(self.out, "meta.json"), "w") as f:
             json.dump(self.meta, f, indent=2)
@@ -633,7 +648,8 @@ class Bench:
             if "raw-lapin" in a.write_systems:
                 self.purge()
                 self.measure("write", "raw-lapin", f"{c} conns", [self.broker],
-                             lambda: raw_publisher(self.bin_publisher, self.amqp_url, c, D, W),
+                             lambda: raw_publisher(self.bin_publisher, self.amqp_url, self.amqp_shape,
+                                                   c, D, W),
                              {"conns": c})
         self.purge()
 
@@ -655,7 +671,7 @@ class Bench:
             self.measure("cluster", "gateway", "1 node, classic queue", [self.gateway, self.broker],
                          lambda: post(C, D), {"conns": C})
             self.measure("cluster", "raw-lapin", "1 node, classic queue", [self.broker],
-                         lambda: raw_publisher(self.bin_publisher, self.amqp_url, C, D, W),
+                         lambda: raw_publisher(self.bin_publisher, self.amqp_url, self.amqp_shape, C, D, W),
                          {"conns": C})
         finally:
             self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{QUEUE}",
@@ -710,13 +726,14 @@ class Bench:
         wait_http(f"http://127.0.0.1:{admin}/readyz", 60)
         status, _, ready = http_request("GET", f"http://127.0.0.1:{admin}/readyz")
         self.meta["cluster_readyz"] = json.loads(ready)
+        shape = amqp_shape(f"http://127.0.0.1:{admin}")
         post = lambda c, d: wrk(f"http://127.0.0.1:{port}/users", c, d, "POST",  # noqa: E731
                                 WRITE_BODY, json_hdr)
         post(C, W)
         self.measure("cluster", "gateway", "3 nodes, quorum queue", [gw] + nodes,
                      lambda: post(C, D), {"conns": C})
         self.measure("cluster", "raw-lapin", "3 nodes, quorum queue", nodes,
-                     lambda: raw_publisher(self.bin_publisher, urls[0], C, D, W), {"conns": C})
+                     lambda: raw_publisher(self.bin_publisher, urls[0], shape, C, D, W), {"conns": C})
         proc.terminate()
         proc.wait(timeout=30)
         with open(os.path.join(self.out, "meta.json"), "w") as f:

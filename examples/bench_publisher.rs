@@ -36,10 +36,10 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// AMQP connections (the gateway's `amqp.connections`).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Confirm-mode channels per connection (the gateway's `amqp.channels_per_connection`).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     channels: usize,
     /// Measured duration.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]

@@ -379,8 +379,8 @@ struct RawAmqpConfig {
     url: Option<Secret>,
     #[serde(default)]
     urls: Vec<Secret>,
-    #[serde(default = "default_connections")]
-    connections: usize,
+    #[serde(default)]
+    connections: Option<usize>,
     #[serde(default = "default_channels_per_connection")]
     channels_per_connection: usize,
     #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
@@ -395,11 +395,19 @@ struct RawAmqpConfig {
     tls: Option<TlsSettings>,
 }
 
-const fn default_connections() -> usize {
-    2
+/// One connection per instance for one node, two (on two nodes) for a cluster. Each lapin
+/// connection runs its I/O on an OS thread of its own, and every publish and confirm crosses
+/// to it and back: on a small machine a second connection to the same node costs CPU per
+/// write (BENCHMARKS.md, "Write latency"), and buys little, since a node that fails takes
+/// both. A cluster's second connection keeps half the channels up when one node fails.
+const fn default_connections(urls: usize) -> usize {
+    if urls > 1 { 2 } else { 1 }
 }
+/// Few, busy channels: the broker batches confirms (and its quorum-queue commands) per
+/// channel, so 64 writes in flight over 4 channels cost it less per message and come back
+/// sooner than over 16 (BENCHMARKS.md, "Write latency").
 const fn default_channels_per_connection() -> usize {
-    8
+    4
 }
 const fn default_confirm_timeout() -> Duration {
     Duration::from_secs(5)
@@ -417,9 +425,9 @@ pub struct AmqpConfig {
     /// Broker URLs (`amqp://` or `amqps://`, all the same scheme), one per cluster node
     /// (`url = "…"` is the one-node form). May carry credentials: printed masked.
     pub urls: Vec<BrokerUri>,
-    /// Number of AMQP connections (1–64). Default 2.
+    /// Number of AMQP connections (1–64). Default 1 with one URL, 2 with a cluster's `urls`.
     pub connections: usize,
-    /// Confirm-mode publishing channels per connection (1–128). Default 8.
+    /// Confirm-mode publishing channels per connection (1–128). Default 4.
     pub channels_per_connection: usize,
     /// Longest wait for a publish to be confirmed before answering 504. Default 5s.
     pub confirm_timeout: Duration,
@@ -909,7 +917,10 @@ impl RawAmqpConfig {
                 "all broker URLs must use the same scheme (amqp:// or amqps://)",
             ));
         }
-        if !(1..=64).contains(&self.connections) {
+        let connections = self
+            .connections
+            .unwrap_or(default_connections(urls.len()));
+        if !(1..=64).contains(&connections) {
             return Err(invalid("amqp.connections", "must be between 1 and 64"));
         }
         if !(1..=128).contains(&self.channels_per_connection) {
@@ -955,7 +966,7 @@ impl RawAmqpConfig {
         Ok(AmqpConfig {
             tls,
             urls,
-            connections: self.connections,
+            connections,
             channels_per_connection: self.channels_per_connection,
             confirm_timeout: self.confirm_timeout,
             connect_timeout: self.connect_timeout,

@@ -60,8 +60,8 @@ fn assert_has(err: &str, parts: &[&str]) {
 fn base_config_loads_with_defaults() {
     let c = load(BASE).unwrap();
     assert_eq!(c.server.max_body_bytes, 1024 * 1024);
-    assert_eq!(c.amqp.connections, 2);
-    assert_eq!(c.amqp.channels_per_connection, 8);
+    assert_eq!(c.amqp.connections, 1);
+    assert_eq!(c.amqp.channels_per_connection, 4);
     assert_eq!(c.amqp.confirm_timeout, Duration::from_secs(5));
     assert_eq!(c.routes.len(), 1);
     let RouteAction::Publish(p) = &c.routes[0].action else {
@@ -186,7 +186,10 @@ fn amqp_rules() {
         "urls = [\"amqp://u:p@n1:5672/%2f\", \"amqp://u:p@n2:5672/%2f\", \"amqp://u:p@n3:5672/%2f\"]",
         1,
     );
-    assert_eq!(load(&cluster).unwrap().amqp.urls.len(), 3);
+    let amqp = load(&cluster).unwrap().amqp;
+    assert_eq!(amqp.urls.len(), 3);
+    // A cluster's default: two connections, on two nodes.
+    assert_eq!(amqp.connections, 2);
     assert_has(
         &error_of(url_line, &format!("{url_line}\nurls = [\"amqp://n2/%2f\"]")),
         &["amqp.urls", "not both"],
