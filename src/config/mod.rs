@@ -917,9 +917,7 @@ impl RawAmqpConfig {
                 "all broker URLs must use the same scheme (amqp:// or amqps://)",
             ));
         }
-        let connections = self
-            .connections
-            .unwrap_or(default_connections(urls.len()));
+        let connections = self.connections.unwrap_or(default_connections(urls.len()));
         if !(1..=64).contains(&connections) {
             return Err(invalid("amqp.connections", "must be between 1 and 64"));
         }
