@@ -40,7 +40,6 @@ import threading
 import time
 import tomllib
 import urllib.parse
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -297,11 +296,10 @@ def wrk(url, conns, duration, method="GET", body=None, headers=None, timeout_s=3
     }
 
 
-def amqp_shape(admin_url):
-    """The gateway's AMQP connections and channels per connection, as its `/readyz` reports
-    them: the raw ceiling publishes over the same shape (the broker's cost per message
-    depends on how many channels carry it)."""
-    ready = json.loads(urllib.request.urlopen(admin_url + "/readyz", timeout=5).read())
+def amqp_shape(ready):
+    """The gateway's AMQP connections and channels per connection, from its `/readyz` body:
+    the raw ceiling publishes over the same shape (the broker's cost per message depends on
+    how many channels carry it)."""
     connections = len(ready["connections"])
     return connections, ready["channels"]["configured"] // connections
 
@@ -414,7 +412,8 @@ class Bench:
                              })
         self.gateway = Group("gateway", self.gw_proc.pid)
         wait_http(f"http://127.0.0.1:{self.gw_admin}/readyz", 60)
-        self.amqp_shape = amqp_shape(f"http://127.0.0.1:{self.gw_admin}")
+        _, _, ready = http_request("GET", f"http://127.0.0.1:{self.gw_admin}/readyz")
+        self.amqp_shape = amqp_shape(json.loads(ready))
         self.gw = f"http://127.0.0.1:{self.gw_port}"
         self.token = subprocess.run(
             [self.bin_mint, "--sub", "bench-user", "--roles", "user", "--issuer",
@@ -648,8 +647,8 @@ class Bench:
             if "raw-lapin" in a.write_systems:
                 self.purge()
                 self.measure("write", "raw-lapin", f"{c} conns", [self.broker],
-                             lambda: raw_publisher(self.bin_publisher, self.amqp_url, self.amqp_shape,
-                                                   c, D, W),
+                             lambda: raw_publisher(self.bin_publisher, self.amqp_url,
+                                                   self.amqp_shape, c, D, W),
                              {"conns": c})
         self.purge()
 
@@ -671,7 +670,8 @@ class Bench:
             self.measure("cluster", "gateway", "1 node, classic queue", [self.gateway, self.broker],
                          lambda: post(C, D), {"conns": C})
             self.measure("cluster", "raw-lapin", "1 node, classic queue", [self.broker],
-                         lambda: raw_publisher(self.bin_publisher, self.amqp_url, self.amqp_shape, C, D, W),
+                         lambda: raw_publisher(self.bin_publisher, self.amqp_url,
+                                               self.amqp_shape, C, D, W),
                          {"conns": C})
         finally:
             self.mgmt_call("POST", f"/api/bindings/%2F/e/{EXCHANGE}/q/{QUEUE}",
@@ -726,7 +726,7 @@ class Bench:
         wait_http(f"http://127.0.0.1:{admin}/readyz", 60)
         status, _, ready = http_request("GET", f"http://127.0.0.1:{admin}/readyz")
         self.meta["cluster_readyz"] = json.loads(ready)
-        shape = amqp_shape(f"http://127.0.0.1:{admin}")
+        shape = amqp_shape(self.meta["cluster_readyz"])
         post = lambda c, d: wrk(f"http://127.0.0.1:{port}/users", c, d, "POST",  # noqa: E731
                                 WRITE_BODY, json_hdr)
         post(C, W)
